@@ -1,0 +1,116 @@
+//! The response body type and the guard that closes a request's books: when
+//! the response body has been sent in full, or is dropped (client gone), the
+//! access-log line is written, metrics are observed and the in-flight counts
+//! go down. Streaming bodies pass through untouched, frame by frame.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+use crate::error::BoxError;
+use crate::metrics::{Metrics, RouteClass};
+use crate::server::ConnActivity;
+
+/// Every response the sidecar sends has this body type.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body of known bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// What the access-log line and the metrics need to know about one request.
+pub struct RequestRecord {
+    pub start: Instant,
+    pub method: Method,
+    /// The path only: the query may carry codes or tokens.
+    pub path: String,
+    pub request_id: String,
+    pub route: RouteClass,
+    pub status: u16,
+    pub upstream: Option<Duration>,
+    pub metrics: Arc<Metrics>,
+    pub conn: Option<Arc<ConnActivity>>,
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let total = self.start.elapsed();
+        self.metrics
+            .observe_request(self.route, self.status, total.as_secs_f64());
+        self.metrics.in_flight.dec();
+        if let Some(conn) = &self.conn {
+            conn.request_done();
+        }
+        let upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0);
+        tracing::info!(
+            target: "emp_sidecar::access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            route = self.route.as_str(),
+            duration_ms = total.as_secs_f64() * 1000.0,
+            upstream_ms,
+            request_id = %self.request_id,
+            "request"
+        );
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that carries its request's record until the body is done.
+    pub struct Recorded {
+        #[pin]
+        inner: Body,
+        record: Option<RequestRecord>,
+    }
+}
+
+impl Recorded {
+    pub fn new(inner: Body, record: RequestRecord) -> Self {
+        Self {
+            inner,
+            record: Some(record),
+        }
+    }
+}
+
+impl HttpBody for Recorded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        // End of stream (or an error that ends it): close the record now, not
+        // when hyper gets round to dropping the body.
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.record.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

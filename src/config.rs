@@ -1,0 +1,690 @@
+//! Typed configuration. Layers (later wins): the embedded defaults
+//! (`config/defaults.toml`), the TOML file, then `EMP_SIDECAR_<SECTION>__<KEY>`
+//! environment variables. [`Config::load`] reads every key, validates it and
+//! returns either a complete [`Config`] or the list of every problem found,
+//! each naming its key; nothing half-valid is ever returned.
+
+mod loader;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use figment::value::Value;
+use http::HeaderName;
+use regex::RegexSet;
+use url::Url;
+
+use loader::{Loader, SecretSource};
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "EMP_SIDECAR_";
+const DEFAULTS: &str = include_str!("config/defaults.toml");
+/// The smallest decoded cookie secret accepted (256 bits).
+const MIN_COOKIE_SECRET_BYTES: usize = 32;
+/// UPBOND Login 3.0's issuer when `provider.base_url` is left empty.
+pub const UPBOND_DEFAULT_BASE_URL: &str = "https://auth3.upbond.io";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub upstream: UpstreamConfig,
+    pub provider: ProviderConfig,
+    pub session: SessionConfig,
+    pub token: TokenConfig,
+    pub headers: HeadersConfig,
+    pub routes: RoutesConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub max_header_bytes: usize,
+    pub tls: Option<TlsFiles>,
+    /// Time a client has to send a complete request head (from its first byte,
+    /// or from connection start for the first request).
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    pub idle_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    /// Keep client-sent `X-Forwarded-*` (append to `X-Forwarded-For`) instead
+    /// of replacing them; only behind a proxy you trust.
+    pub trust_forwarded_headers: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub url: Url,
+    pub host_header: HostHeader,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Which `Host` the upstream sees: the client's (oauth2-proxy's
+/// `pass_host_header`, nginx `proxy_set_header Host $host`) or the upstream
+/// URL's (nginx `proxy_pass` default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostHeader {
+    Client,
+    Upstream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Emp,
+    Upbond,
+    Oidc,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub base_url: Url,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub redirect_url: Url,
+    pub scope: String,
+    pub audience: String,
+    pub profile: bool,
+}
+
+impl ProviderConfig {
+    /// The callback route: the path of `redirect_url`.
+    pub fn callback_path(&self) -> &str {
+        self.redirect_url.path()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub cookie_name: String,
+    /// The first signs, all verify (rotation).
+    pub cookie_secrets: Vec<Secret>,
+    pub cookie_secure: bool,
+    pub store: StoreKind,
+    pub lifetime: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub refresh_margin: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeadersConfig {
+    pub authorization: bool,
+    pub access_token: bool,
+    /// Upstream header → RFC 6901 JSON Pointer into the claims.
+    pub claims: Vec<(HeaderName, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutesConfig {
+    pub skip_auth: RegexSet,
+}
+
+/// Bytes that must never be printed; `Debug` shows only the length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `server.listen`.
+    pub key: String,
+    pub message: String,
+    /// The file or environment variable the value came from, when known.
+    pub source: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, " (from {source})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found, in key order of discovery.
+#[derive(Debug)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.0 {
+            writeln!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+impl Config {
+    /// Loads defaults, then `path` (which must exist), then the environment.
+    pub fn load(path: &Path) -> Result<Config, Problems> {
+        if !path.is_file() {
+            return Err(Problems(vec![Problem {
+                key: "config".into(),
+                message: format!("configuration file {} not found", path.display()),
+                source: None,
+            }]));
+        }
+        Self::from_figment(Self::figment(Toml::file_exact(path)))
+    }
+
+    /// Loads defaults, then the given TOML text, then the environment.
+    pub fn from_toml_str(toml: &str) -> Result<Config, Problems> {
+        Self::from_figment(Self::figment(Toml::string(toml)))
+    }
+
+    fn figment(file: figment::providers::Data<Toml>) -> Figment {
+        Figment::new()
+            .merge(Toml::string(DEFAULTS))
+            .merge(file)
+            .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, Problems> {
+        // A syntax error in the file makes every key unreadable: report it alone.
+        if let Err(e) = figment.find_value("") {
+            let source = e.metadata.as_ref().map(|m| m.name.to_string());
+            return Err(Problems(vec![Problem {
+                key: "config".into(),
+                message: e.kind.to_string(),
+                source,
+            }]));
+        }
+        let mut l = Loader::new(&figment);
+        let known = Figment::from(Toml::string(DEFAULTS))
+            .find_value("")
+            .ok()
+            .and_then(|v| v.into_dict())
+            .unwrap_or_default();
+        l.check_unknown_keys(&known);
+
+        let server = server(&mut l);
+        let log = log(&mut l);
+        let upstream = upstream(&mut l);
+        let provider = provider(&mut l);
+        let session = session(&mut l);
+        let refresh_margin = l.duration("token.refresh_margin");
+        let headers = headers(&mut l);
+        let routes = routes(&mut l);
+
+        if !l.problems.is_empty() {
+            return Err(Problems(l.problems));
+        }
+        // Every `None` above recorded a problem, so all are `Some` here.
+        match (
+            server,
+            log,
+            upstream,
+            provider,
+            session,
+            refresh_margin,
+            headers,
+            routes,
+        ) {
+            (
+                Some(server),
+                Some(log),
+                Some(upstream),
+                Some(provider),
+                Some(session),
+                Some(refresh_margin),
+                Some(headers),
+                Some(routes),
+            ) => Ok(Config {
+                server,
+                log,
+                upstream,
+                provider,
+                session,
+                token: TokenConfig { refresh_margin },
+                headers,
+                routes,
+            }),
+            _ => Err(Problems(vec![Problem {
+                key: "config".into(),
+                message: "incomplete configuration".into(),
+                source: None,
+            }])),
+        }
+    }
+}
+
+fn socket_addr(l: &mut Loader, key: &str, required: bool) -> Option<Option<SocketAddr>> {
+    let s = l.string(key);
+    if s.is_empty() {
+        if required {
+            l.problem(key, "required: an address such as \"0.0.0.0:4180\"");
+            return None;
+        }
+        return Some(None);
+    }
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(Some(a)),
+        Err(_) => {
+            l.problem(
+                key,
+                format!("{s:?} is not an address such as \"0.0.0.0:4180\" or \"[::1]:4180\""),
+            );
+            None
+        }
+    }
+}
+
+fn positive(l: &mut Loader, key: &str) -> Option<Duration> {
+    let d = l.duration(key)?;
+    if d.is_zero() {
+        l.problem(key, "must be longer than zero");
+        return None;
+    }
+    Some(d)
+}
+
+fn server(l: &mut Loader) -> Option<ServerConfig> {
+    let listen = socket_addr(l, "server.listen", true);
+    let metrics_listen = socket_addr(l, "server.metrics_listen", false);
+    let max_header_bytes = l.get::<u64>("server.max_header_bytes").and_then(|n| {
+        if (1024..=1 << 20).contains(&n) {
+            Some(n as usize)
+        } else {
+            l.problem(
+                "server.max_header_bytes",
+                "must be between 1024 and 1048576",
+            );
+            None
+        }
+    });
+    let cert = l.path("server.tls_cert");
+    let key = l.path("server.tls_key");
+    let tls = match (cert, key) {
+        (None, None) => Some(None),
+        (Some(cert), Some(key)) => {
+            let mut ok = true;
+            for (k, p) in [("server.tls_cert", &cert), ("server.tls_key", &key)] {
+                if !p.is_file() {
+                    l.problem(k, format!("file {} not found", p.display()));
+                    ok = false;
+                }
+            }
+            ok.then_some(Some(TlsFiles { cert, key }))
+        }
+        (Some(_), None) => {
+            l.problem("server.tls_key", "required when server.tls_cert is set");
+            None
+        }
+        (None, Some(_)) => {
+            l.problem("server.tls_cert", "required when server.tls_key is set");
+            None
+        }
+    };
+    let header_read_timeout = positive(l, "server.header_read_timeout");
+    let idle_timeout = positive(l, "server.idle_timeout");
+    let shutdown_timeout = l.duration("server.shutdown_timeout");
+    let trust = l.get::<bool>("server.trust_forwarded_headers");
+    Some(ServerConfig {
+        listen: listen??,
+        metrics_listen: metrics_listen?,
+        max_header_bytes: max_header_bytes?,
+        tls: tls?,
+        header_read_timeout: header_read_timeout?,
+        idle_timeout: idle_timeout?,
+        shutdown_timeout: shutdown_timeout?,
+        trust_forwarded_headers: trust?,
+    })
+}
+
+fn log(l: &mut Loader) -> Option<LogConfig> {
+    let level = l.string("log.level");
+    let level_ok = tracing_subscriber::EnvFilter::builder()
+        .parse(&level)
+        .map_err(|e| l.problem("log.level", format!("{level:?}: {e}")))
+        .is_ok();
+    let format = match l.string("log.format").as_str() {
+        "json" => Some(LogFormat::Json),
+        "pretty" => Some(LogFormat::Pretty),
+        other => {
+            l.problem(
+                "log.format",
+                format!("{other:?}: expected \"json\" or \"pretty\""),
+            );
+            None
+        }
+    };
+    Some(LogConfig {
+        level: level_ok.then_some(level)?,
+        format: format?,
+    })
+}
+
+/// An absolute http(s) URL.
+fn http_url(l: &mut Loader, key: &str, value: &str) -> Option<Url> {
+    if value.is_empty() {
+        l.problem(key, "required: an http:// or https:// URL");
+        return None;
+    }
+    match Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+        Ok(_) => {
+            l.problem(
+                key,
+                format!("{value:?} is not an http:// or https:// URL with a host"),
+            );
+            None
+        }
+        Err(e) => {
+            l.problem(key, format!("{value:?} is not a URL: {e}"));
+            None
+        }
+    }
+}
+
+fn upstream(l: &mut Loader) -> Option<UpstreamConfig> {
+    let url_text = l.string("upstream.url");
+    let url = http_url(l, "upstream.url", &url_text).and_then(|u| {
+        if u.query().is_some() || u.fragment().is_some() {
+            l.problem("upstream.url", "must not carry a query or fragment");
+            None
+        } else {
+            Some(u)
+        }
+    });
+    let host_header = match l.string("upstream.host_header").as_str() {
+        "client" => Some(HostHeader::Client),
+        "upstream" => Some(HostHeader::Upstream),
+        other => {
+            l.problem(
+                "upstream.host_header",
+                format!("{other:?}: expected \"client\" or \"upstream\""),
+            );
+            None
+        }
+    };
+    let connect_timeout = positive(l, "upstream.connect_timeout");
+    let response_header_timeout = positive(l, "upstream.response_header_timeout");
+    let pool_idle_timeout = l.duration("upstream.pool_idle_timeout");
+    let pool_max_idle = l.get::<u32>("upstream.pool_max_idle_per_host");
+    let ca_file = l.path("upstream.ca_file");
+    if let Some(p) = &ca_file
+        && !p.is_file()
+    {
+        l.problem(
+            "upstream.ca_file",
+            format!("file {} not found", p.display()),
+        );
+    }
+    Some(UpstreamConfig {
+        url: url?,
+        host_header: host_header?,
+        connect_timeout: connect_timeout?,
+        response_header_timeout: response_header_timeout?,
+        pool_idle_timeout: pool_idle_timeout?,
+        pool_max_idle_per_host: pool_max_idle? as usize,
+        ca_file,
+    })
+}
+
+fn provider(l: &mut Loader) -> Option<ProviderConfig> {
+    let kind = match l.string("provider.kind").as_str() {
+        "emp" => Some(ProviderKind::Emp),
+        "upbond" => Some(ProviderKind::Upbond),
+        "oidc" => Some(ProviderKind::Oidc),
+        other => {
+            l.problem(
+                "provider.kind",
+                format!("{other:?}: expected \"emp\", \"upbond\" or \"oidc\""),
+            );
+            None
+        }
+    };
+    let mut base = l.string("provider.base_url");
+    if base.is_empty() && kind == Some(ProviderKind::Upbond) {
+        base = UPBOND_DEFAULT_BASE_URL.to_string();
+    }
+    let base_url = http_url(l, "provider.base_url", &base);
+    let client_id = l.string("provider.client_id");
+    if client_id.is_empty() {
+        l.problem(
+            "provider.client_id",
+            "required: the app key / client id issued by the provider",
+        );
+    }
+    let client_secret = match l.secret_source("provider.client_secret") {
+        SecretSource::Unset => None,
+        SecretSource::Inline(Value::String(_, s)) => Some(Secret::new(s)),
+        SecretSource::Inline(_) => {
+            l.problem("provider.client_secret", "expected a string");
+            None
+        }
+        SecretSource::File(text) => Some(Secret::new(text.trim_end_matches(['\r', '\n']))),
+    };
+    if client_secret.is_none() && matches!(kind, Some(ProviderKind::Upbond | ProviderKind::Oidc)) {
+        l.problem(
+            "provider.client_secret",
+            "required for upbond and oidc (or set provider.client_secret_file)",
+        );
+    }
+    let redirect_text = l.string("provider.redirect_url");
+    let redirect_url = http_url(l, "provider.redirect_url", &redirect_text);
+    let scope = l.string("provider.scope");
+    let audience = l.string("provider.audience");
+    let profile = l.get::<bool>("provider.profile");
+    Some(ProviderConfig {
+        kind: kind?,
+        base_url: base_url?,
+        client_id: (!client_id.is_empty()).then_some(client_id)?,
+        client_secret,
+        redirect_url: redirect_url?,
+        scope,
+        audience,
+        profile: profile?,
+    })
+}
+
+/// Decodes one cookie secret: base64 standard or URL-safe, padding optional.
+pub fn decode_cookie_secret(text: &str) -> Result<Secret, String> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let t = text.trim().trim_end_matches('=');
+    let bytes = STANDARD_NO_PAD
+        .decode(t)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(t))
+        .map_err(|_| "is not base64 (standard or URL-safe)".to_string())?;
+    if bytes.len() < MIN_COOKIE_SECRET_BYTES {
+        return Err(format!(
+            "decodes to {} bytes; at least {MIN_COOKIE_SECRET_BYTES} are required (e.g. `openssl rand -base64 32`)",
+            bytes.len()
+        ));
+    }
+    Ok(Secret::new(bytes))
+}
+
+fn session(l: &mut Loader) -> Option<SessionConfig> {
+    let cookie_name = l.string("session.cookie_name");
+    let name_ok = !cookie_name.is_empty()
+        && cookie_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !name_ok {
+        l.problem(
+            "session.cookie_name",
+            format!("{cookie_name:?} is not a valid cookie name"),
+        );
+    }
+    let key = "session.cookie_secret";
+    let texts: Vec<String> = match l.secret_source(key) {
+        SecretSource::Unset => {
+            l.problem(
+                key,
+                "required: base64 of at least 32 random bytes (or set session.cookie_secret_file)",
+            );
+            Vec::new()
+        }
+        SecretSource::Inline(Value::String(_, s)) => vec![s],
+        SecretSource::Inline(Value::Array(_, items)) => items
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::String(_, s) => Some(s),
+                _ => {
+                    l.problem(key, "a list of secrets must hold strings only");
+                    None
+                }
+            })
+            .collect(),
+        SecretSource::Inline(_) => {
+            l.problem(key, "expected a string or a list of strings");
+            Vec::new()
+        }
+        SecretSource::File(text) => text
+            .lines()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    };
+    let mut secrets = Vec::new();
+    for (i, t) in texts.iter().enumerate() {
+        match decode_cookie_secret(t) {
+            Ok(s) => secrets.push(s),
+            // The message names the position, never the secret itself.
+            Err(e) => l.problem(key, format!("secret #{} {e}", i + 1)),
+        }
+    }
+    let cookie_secure = l.get::<bool>("session.cookie_secure");
+    let store = match l.string("session.store").as_str() {
+        "memory" => Some(StoreKind::Memory),
+        "redis" => {
+            l.problem(
+                "session.store",
+                "\"redis\" is not available in this version; use \"memory\"",
+            );
+            None
+        }
+        other => {
+            l.problem(
+                "session.store",
+                format!("{other:?}: expected \"memory\" or \"redis\""),
+            );
+            None
+        }
+    };
+    let lifetime = positive(l, "session.lifetime");
+    Some(SessionConfig {
+        cookie_name: name_ok.then_some(cookie_name)?,
+        cookie_secrets: (!secrets.is_empty() && secrets.len() == texts.len()).then_some(secrets)?,
+        cookie_secure: cookie_secure?,
+        store: store?,
+        lifetime: lifetime?,
+    })
+}
+
+fn headers(l: &mut Loader) -> Option<HeadersConfig> {
+    let authorization = l.get::<bool>("headers.authorization");
+    let access_token = l.get::<bool>("headers.access_token");
+    let raw = l
+        .get::<std::collections::BTreeMap<String, String>>("headers.claims")
+        .unwrap_or_default();
+    let mut claims = Vec::new();
+    let mut ok = true;
+    for (name, pointer) in raw {
+        let key = format!("headers.claims.{name}");
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) if !crate::proxy::headers::is_reserved(&h) => {
+                if pointer.is_empty() || pointer.starts_with('/') {
+                    claims.push((h, pointer));
+                } else {
+                    l.problem(
+                        &key,
+                        format!(
+                            "{pointer:?} is not a JSON Pointer (RFC 6901): it must start with '/'"
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            Ok(_) => {
+                l.problem(
+                    &key,
+                    "this header is managed by the proxy and cannot carry a claim",
+                );
+                ok = false;
+            }
+            Err(_) => {
+                l.problem(&key, format!("{name:?} is not a valid header name"));
+                ok = false;
+            }
+        }
+    }
+    Some(HeadersConfig {
+        authorization: authorization?,
+        access_token: access_token?,
+        claims: ok.then_some(claims)?,
+    })
+}
+
+fn routes(l: &mut Loader) -> Option<RoutesConfig> {
+    let patterns = l.get::<Vec<String>>("routes.skip_auth")?;
+    let mut ok = true;
+    for (i, p) in patterns.iter().enumerate() {
+        if let Err(e) = regex::Regex::new(p) {
+            l.problem("routes.skip_auth", format!("pattern #{} {p:?}: {e}", i + 1));
+            ok = false;
+        }
+    }
+    let set = RegexSet::new(&patterns).ok().filter(|_| ok)?;
+    Some(RoutesConfig { skip_auth: set })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,162 @@
+//! Configuration loading and validation.
+
+use super::*;
+
+const SECRET: &str = "dGhpcyBpcyBhIDMyIGJ5dGUgY29va2llIHNlY3JldCE="; // 32 bytes
+
+fn minimal() -> String {
+    format!(
+        r#"
+[provider]
+base_url = "https://emp.example"
+client_id = "app-key"
+redirect_url = "https://app.example/oauth2/callback"
+[session]
+cookie_secret = "{SECRET}"
+"#
+    )
+}
+
+fn problems(toml: &str) -> Vec<Problem> {
+    match Config::from_toml_str(toml) {
+        Ok(_) => panic!("expected problems"),
+        Err(p) => p.0,
+    }
+}
+
+#[test]
+fn minimal_config_loads_with_defaults() {
+    let c = Config::from_toml_str(&minimal()).unwrap();
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:4180");
+    assert_eq!(c.server.max_header_bytes, 32768);
+    assert_eq!(c.session.lifetime, Duration::from_secs(12 * 3600));
+    assert_eq!(c.token.refresh_margin, Duration::from_secs(60));
+    assert_eq!(c.provider.callback_path(), "/oauth2/callback");
+    assert_eq!(c.session.cookie_secrets[0].expose().len(), 32);
+    assert!(c.server.tls.is_none());
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let toml = r#"
+[server]
+listen = "not-an-address"
+max_header_bytes = "big"
+idle_timeout = "soon"
+[log]
+format = "xml"
+[upstream]
+url = "ftp://x"
+[provider]
+kind = "saml"
+[session]
+cookie_secret = "c2hvcnQ="
+[routes]
+skip_auth = ["(unclosed"]
+[headers.claims]
+"X-Group" = "groups"
+"#;
+    let keys: Vec<String> = problems(toml).into_iter().map(|p| p.key).collect();
+    for key in [
+        "server.listen",
+        "server.max_header_bytes",
+        "server.idle_timeout",
+        "log.format",
+        "upstream.url",
+        "provider.kind",
+        "provider.client_id",
+        "provider.redirect_url",
+        "session.cookie_secret",
+        "routes.skip_auth",
+        "headers.claims.X-Group",
+    ] {
+        assert!(
+            keys.contains(&key.to_string()),
+            "{key} missing from {keys:?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_keys_are_problems() {
+    let toml = format!(
+        "{}\n[server]\nlisten_addr = \"x\"\n[nonsense]\na = 1\n",
+        minimal()
+    );
+    let keys: Vec<String> = problems(&toml).into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, vec!["nonsense", "server.listen_addr"]);
+}
+
+#[test]
+fn cookie_secret_accepts_url_safe_unpadded_and_rotation_lists() {
+    // 32 bytes whose base64 needs '-' and '_' in the URL-safe alphabet.
+    let url_safe = "-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_8";
+    assert_eq!(decode_cookie_secret(url_safe).unwrap().expose().len(), 32);
+    let toml = minimal().replace(
+        &format!("cookie_secret = \"{SECRET}\""),
+        &format!("cookie_secret = [\"{url_safe}\", \"{SECRET}\"]"),
+    );
+    let c = Config::from_toml_str(&toml).unwrap();
+    assert_eq!(c.session.cookie_secrets.len(), 2);
+    assert!(decode_cookie_secret("c2hvcnQ").is_err());
+    assert!(decode_cookie_secret("not base64 !!").is_err());
+}
+
+#[test]
+fn secrets_come_from_files_and_never_show_in_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    let cookie = dir.path().join("cookie");
+    let client = dir.path().join("client");
+    std::fs::write(&cookie, format!("{SECRET}\n")).unwrap();
+    std::fs::write(&client, "s3cr3t-value\n").unwrap();
+    let toml = format!(
+        r#"
+[provider]
+base_url = "https://emp.example"
+client_id = "app-key"
+client_secret_file = {client:?}
+redirect_url = "https://app.example/oauth2/callback"
+[session]
+cookie_secret_file = {cookie:?}
+"#
+    );
+    let c = Config::from_toml_str(&toml).unwrap();
+    assert_eq!(
+        c.provider.client_secret.as_ref().unwrap().expose(),
+        b"s3cr3t-value"
+    );
+    assert_eq!(c.session.cookie_secrets[0].expose().len(), 32);
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("s3cr3t"), "secret leaked into Debug output");
+    assert!(debug.contains("Secret(12 bytes)"));
+}
+
+#[test]
+fn inline_and_file_secret_together_is_a_problem() {
+    let toml = minimal().replace(
+        "[session]\n",
+        "[session]\ncookie_secret_file = \"/nonexistent\"\n",
+    );
+    let keys: Vec<String> = problems(&toml).into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        vec!["session.cookie_secret_file", "session.cookie_secret"]
+    );
+}
+
+#[test]
+fn upbond_defaults_its_base_url_and_requires_a_secret() {
+    let toml = minimal().replace("base_url = \"https://emp.example\"", "kind = \"upbond\"");
+    let keys: Vec<String> = problems(&toml).into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, vec!["provider.client_secret"]);
+    let toml = toml.replace("[provider]\n", "[provider]\nclient_secret = \"x\"\n");
+    let c = Config::from_toml_str(&toml).unwrap();
+    assert_eq!(c.provider.base_url.as_str(), "https://auth3.upbond.io/");
+}
+
+#[test]
+fn toml_syntax_error_is_one_clear_problem() {
+    let p = problems("[server\nlisten = 1");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].key, "config");
+}

@@ -1,0 +1,105 @@
+//! Errors of the request path, grouped by who is at fault: the client, the
+//! upstream, or the sidecar itself. One exhaustive `match` turns each into its
+//! status; the body says only what the caller can act on, plus the request id.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{self, Body};
+use crate::metrics::UpstreamErrorKind;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    // The client's fault.
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("no valid session")]
+    Unauthenticated,
+
+    // The upstream's fault.
+    #[error("upstream refused or dropped the connection")]
+    UpstreamConnect(#[source] BoxError),
+    #[error("upstream connection timed out")]
+    UpstreamConnectTimeout,
+    #[error("upstream did not answer in time")]
+    UpstreamResponseTimeout,
+    #[error("upstream sent an invalid response")]
+    UpstreamProtocol(#[source] BoxError),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamProtocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamResponseTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// The upstream failure this error counts as, if it is one.
+    pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
+        match self {
+            ProxyError::HeadersTooLarge
+            | ProxyError::BadRequest(_)
+            | ProxyError::Unauthenticated => None,
+            ProxyError::UpstreamConnect(_) => Some(UpstreamErrorKind::Connect),
+            ProxyError::UpstreamConnectTimeout => Some(UpstreamErrorKind::ConnectTimeout),
+            ProxyError::UpstreamResponseTimeout => Some(UpstreamErrorKind::ResponseTimeout),
+            ProxyError::UpstreamProtocol(_) => Some(UpstreamErrorKind::Protocol),
+        }
+    }
+
+    /// A short, stable code for the JSON body.
+    fn code(&self) -> &'static str {
+        match self {
+            ProxyError::HeadersTooLarge => "request_header_fields_too_large",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Unauthenticated => "unauthorized",
+            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamProtocol(_) => "bad_gateway",
+            ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamResponseTimeout => {
+                "gateway_timeout"
+            }
+        }
+    }
+
+    /// The response the client gets: a small JSON body naming the error and
+    /// the request id (our internals and the cause chain stay in the log).
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let status = self.status();
+        let body = serde_json::json!({
+            "error": self.code(),
+            "message": self.to_string(),
+            "request_id": request_id,
+        });
+        let mut resp = Response::new(body::full(body.to_string()));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}
+
+/// The cause chain of an error on one line, for logs.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}

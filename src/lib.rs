@@ -1,0 +1,28 @@
+//! emp-sidecar: a reverse-proxy authentication sidecar for LG EMP, UPBOND
+//! Login 3.0 and OpenID Connect providers.
+//!
+//! The path of a request, one stage per module:
+//!
+//! - [`server`]: listeners, TLS, HTTP/1.1 + HTTP/2 connections, idle and
+//!   header timeouts, graceful drain. Handed its listeners and a shutdown
+//!   future, so tests run it in-process on port 0.
+//! - [`router`]: request id, size limit, route choice (`/ping`, `/ready`,
+//!   `/metrics`, `/oauth2/*`, skip-auth proxy, authenticated proxy) and the
+//!   one place errors become responses.
+//! - [`proxy`]: forwarding to the upstream app; [`proxy::headers`] owns header
+//!   hygiene, [`proxy::upstream`] the pooled client.
+//! - [`body`]: the response body type and the per-request record that writes
+//!   the access log and metrics when the body is done.
+//! - [`error`]: request-path errors grouped by fault, mapped to statuses.
+//! - [`metrics`]: every Prometheus metric, on a registry passed in.
+//! - [`config`]: figment layers → typed, validated [`config::Config`].
+//! - [`telemetry`]: tracing subscriber set-up.
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,236 @@
+//! Forwarding to the upstream app: filter the request headers, send it on the
+//! pooled client, bound the wait for the response head, filter the response
+//! headers, and relay protocol upgrades (WebSocket) as a two-way byte copy.
+//! Bodies stream in both directions and are never buffered whole.
+
+pub mod headers;
+pub mod upstream;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_util::task::TaskTracker;
+
+use crate::body::Body;
+use crate::config::{Config, HostHeader, Problem};
+use crate::error::{BoxError, ProxyError};
+use upstream::{SentBody, UpstreamClient};
+
+/// The upstream app and how to reach it; built once at start.
+pub struct Upstream {
+    client: UpstreamClient,
+    scheme: Scheme,
+    authority: Authority,
+    /// The upstream URL's path without its trailing `/`, prefixed to every request path.
+    base_path: String,
+    host: HeaderValue,
+    host_header: HostHeader,
+    response_header_timeout: Duration,
+    trust_forwarded: bool,
+    cookie_name: String,
+    claim_headers: Vec<HeaderName>,
+}
+
+/// What the proxy needs to know about the client's connection.
+pub struct ClientInfo<'a> {
+    pub ip: IpAddr,
+    pub tls: bool,
+    pub request_id: &'a HeaderValue,
+}
+
+impl Upstream {
+    pub fn new(config: &Config) -> Result<Self, Problem> {
+        let cfg = &config.upstream;
+        let problem = |message: String| Problem {
+            key: "upstream.url".into(),
+            message,
+            source: None,
+        };
+        let url = &cfg.url;
+        let host = url.host_str().unwrap_or_default();
+        let authority_text = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        let authority: Authority = authority_text
+            .parse()
+            .map_err(|e| problem(format!("invalid host: {e}")))?;
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| problem(format!("invalid host: {e}")))?;
+        let scheme = if url.scheme() == "https" {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        Ok(Self {
+            client: upstream::client(cfg)?,
+            scheme,
+            authority,
+            base_path: url.path().trim_end_matches('/').to_string(),
+            host,
+            host_header: cfg.host_header,
+            response_header_timeout: cfg.response_header_timeout,
+            trust_forwarded: config.server.trust_forwarded_headers,
+            cookie_name: config.session.cookie_name.clone(),
+            claim_headers: config
+                .headers
+                .claims
+                .iter()
+                .map(|(h, _)| h.clone())
+                .collect(),
+        })
+    }
+
+    /// Headers every route strips from the client's request (skip-auth
+    /// routes included), before any route-specific handling.
+    pub fn strip_spoofable(&self, headers: &mut http::HeaderMap) {
+        headers::strip_spoofable(headers, &self.claim_headers);
+    }
+
+    /// Forwards `req` and returns the upstream's response (body streaming)
+    /// and the time the upstream took to send its response head.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        client: &ClientInfo<'_>,
+        tasks: &TaskTracker,
+    ) -> Result<(Response<Body>, Duration), ProxyError> {
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::BadRequest("CONNECT is not supported"));
+        }
+        let upgrading =
+            req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+        let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        // HTTP/2 clients name the host in :authority, HTTP/1.1 in Host.
+        let client_host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| client_uri_authority(&parts.uri));
+        self.filter_request_headers(&mut parts.headers, upgrading, client, client_host.as_ref());
+        parts.version = Version::HTTP_11;
+
+        let (body, sent) = SentBody::new(body);
+        let started = Instant::now();
+        let request = self.client.request(Request::from_parts(parts, body));
+        // The response-head timeout runs from the moment the request body has
+        // been sent in full, so a long upload is not mistaken for a slow app.
+        let deadline = async {
+            sent.notified().await;
+            tokio::time::sleep(self.response_header_timeout).await;
+        };
+        let mut resp = tokio::select! {
+            res = request => res.map_err(classify)?,
+            () = deadline => return Err(ProxyError::UpstreamResponseTimeout),
+        };
+        let latency = started.elapsed();
+
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::UpstreamProtocol(
+                    "101 Switching Protocols without an upgrade request".into(),
+                ));
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tasks.spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((c, u)) => {
+                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            tracing::debug!(error = %e, "upgraded connection ended with an error");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
+                }
+            });
+        }
+        headers::strip_hop_by_hop(resp.headers_mut(), switching);
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), client.request_id.clone());
+        Ok((
+            resp.map(|b| b.map_err(BoxError::from).boxed_unsync()),
+            latency,
+        ))
+    }
+
+    fn upstream_uri(&self, client_uri: &Uri) -> Result<Uri, ProxyError> {
+        let pq = client_uri
+            .path_and_query()
+            .ok_or(ProxyError::BadRequest("the request target must be a path"))?;
+        let pq = if self.base_path.is_empty() {
+            pq.clone()
+        } else {
+            PathAndQuery::try_from(format!("{}{}", self.base_path, pq.as_str()))
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("invalid request target"))
+    }
+
+    fn filter_request_headers(
+        &self,
+        h: &mut http::HeaderMap,
+        upgrading: bool,
+        client: &ClientInfo<'_>,
+        client_host: Option<&HeaderValue>,
+    ) {
+        headers::strip_hop_by_hop(h, upgrading);
+        headers::strip_own_cookies(h, &self.cookie_name);
+        let proto = if client.tls { "https" } else { "http" };
+        headers::set_forwarded(h, client.ip, proto, client_host, self.trust_forwarded);
+        let host = match (self.host_header, client_host) {
+            (HostHeader::Client, Some(client_host)) => client_host.clone(),
+            _ => self.host.clone(),
+        };
+        h.insert(header::HOST, host);
+        h.insert(headers::X_REQUEST_ID.clone(), client.request_id.clone());
+    }
+}
+
+/// The host an HTTP/2 client addressed (its `:authority`), which hyper keeps
+/// in the request URI rather than in a `Host` header.
+fn client_uri_authority(uri: &Uri) -> Option<HeaderValue> {
+    uri.authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+/// Sorts a client error by cause: refused or failed connections are 502,
+/// a connect timeout is 504, anything after the connection is a bad response.
+fn classify(e: hyper_util::client::legacy::Error) -> ProxyError {
+    if e.is_connect() {
+        if has_timeout(&e) {
+            ProxyError::UpstreamConnectTimeout
+        } else {
+            ProxyError::UpstreamConnect(e.into())
+        }
+    } else {
+        ProxyError::UpstreamProtocol(e.into())
+    }
+}
+
+fn has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}

@@ -1,0 +1,354 @@
+//! One request, start to finish: give it a request id, check its size, pick
+//! the route (operations endpoints, `/oauth2/*`, skip-auth proxy, or the
+//! authenticated proxy), run it, and turn any error into its response. The
+//! handler is split in two: `route` uses `?` freely, `handle` renders errors
+//! and attaches the record that logs the request once its body is done.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio_util::task::TaskTracker;
+
+use crate::body::{self, Body, Recorded, RequestRecord};
+use crate::config::Config;
+use crate::error::{ProxyError, chain};
+use crate::metrics::{Metrics, RouteClass};
+use crate::proxy::headers::X_REQUEST_ID;
+use crate::proxy::{ClientInfo, Upstream};
+
+/// Which socket a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `server.listen`: everything.
+    Main,
+    /// `server.metrics_listen`: `/metrics`, `/ping`, `/ready` only.
+    Metrics,
+}
+
+/// One client connection, as the request path sees it.
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub activity: Arc<crate::server::ConnActivity>,
+    pub listener: Listener,
+}
+
+/// Shared state of the running sidecar.
+pub struct App {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    upstream: Upstream,
+    /// Background work that outlives a request (upgraded connections); the
+    /// drain waits for it.
+    pub tasks: TaskTracker,
+    draining: AtomicBool,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Ping,
+    Ready,
+    Metrics,
+    /// `/oauth2/auth`: nginx auth_request.
+    AuthRequest,
+    /// `/oauth2/userinfo`.
+    Userinfo,
+    /// Any other `/oauth2/` path.
+    OAuth2Other,
+    /// A `routes.skip_auth` path: proxied without a session.
+    Public,
+    /// Everything else: proxied with a session.
+    Protected,
+    /// Not served on this listener.
+    NotFound,
+}
+
+impl Route {
+    fn class(self) -> RouteClass {
+        match self {
+            Route::Ping | Route::Ready => RouteClass::Health,
+            Route::Metrics | Route::NotFound => RouteClass::Metrics,
+            Route::AuthRequest => RouteClass::AuthRequest,
+            Route::Userinfo | Route::OAuth2Other => RouteClass::OAuth2,
+            Route::Public => RouteClass::Public,
+            Route::Protected => RouteClass::Proxy,
+        }
+    }
+}
+
+impl App {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, upstream: Upstream) -> Self {
+        Self {
+            config,
+            metrics,
+            upstream,
+            tasks: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on `/ready` answers 503, so load balancers stop sending.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    fn route(&self, listener: Listener, path: &str) -> Route {
+        match (listener, path) {
+            (_, "/ping") => Route::Ping,
+            (_, "/ready") => Route::Ready,
+            (Listener::Metrics, "/metrics") => Route::Metrics,
+            (Listener::Metrics, _) => Route::NotFound,
+            (Listener::Main, "/metrics") if self.config.server.metrics_listen.is_none() => {
+                Route::Metrics
+            }
+            (Listener::Main, "/oauth2/auth") => Route::AuthRequest,
+            (Listener::Main, "/oauth2/userinfo") => Route::Userinfo,
+            (Listener::Main, p) if p.starts_with("/oauth2/") => Route::OAuth2Other,
+            (Listener::Main, p) => {
+                if self.config.routes.skip_auth.is_match(&normalize_path(p)) {
+                    Route::Public
+                } else {
+                    Route::Protected
+                }
+            }
+        }
+    }
+
+    pub async fn handle(&self, conn: &Conn, mut req: Request<Incoming>) -> Response<Recorded> {
+        let start = Instant::now();
+        self.metrics.in_flight.inc();
+        conn.activity.request_started();
+        let request_id = request_id(req.headers());
+        let route = self.route(conn.listener, req.uri().path());
+        let mut record = RequestRecord {
+            start,
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            request_id: request_id.to_str().unwrap_or_default().to_string(),
+            route: route.class(),
+            status: 0,
+            upstream: None,
+            metrics: self.metrics.clone(),
+            conn: Some(conn.activity.clone()),
+        };
+        // Identity headers are the proxy's to set: no route ever passes on
+        // the client's.
+        self.upstream.strip_spoofable(req.headers_mut());
+
+        let result = if head_size(&req) > self.config.server.max_header_bytes {
+            Err(ProxyError::HeadersTooLarge)
+        } else {
+            self.dispatch(route, conn, req, &request_id).await
+        };
+        let mut resp = match result {
+            Ok((resp, upstream)) => {
+                record.upstream = upstream;
+                resp
+            }
+            Err(e) => {
+                if let Some(kind) = e.upstream_kind() {
+                    self.metrics.upstream_error(kind);
+                    tracing::warn!(
+                        request_id = %record.request_id,
+                        error = %chain(&e),
+                        "upstream request failed"
+                    );
+                }
+                e.into_response(&record.request_id)
+            }
+        };
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        record.status = resp.status().as_u16();
+        resp.map(|b| Recorded::new(b, record))
+    }
+
+    async fn dispatch(
+        &self,
+        route: Route,
+        conn: &Conn,
+        req: Request<Incoming>,
+        request_id: &HeaderValue,
+    ) -> Result<(Response<Body>, Option<Duration>), ProxyError> {
+        let local = |status: StatusCode, content_type: &'static str, body: Body| {
+            let mut resp = Response::new(body);
+            *resp.status_mut() = status;
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok((resp, None))
+        };
+        match route {
+            Route::Ping => local(StatusCode::OK, "text/plain", body::full("OK")),
+            Route::Ready if self.draining.load(Ordering::Relaxed) => local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                body::full("draining"),
+            ),
+            Route::Ready => local(StatusCode::OK, "text/plain", body::full("OK")),
+            Route::Metrics => local(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                body::full(self.metrics.render()),
+            ),
+            Route::NotFound | Route::OAuth2Other => {
+                local(StatusCode::NOT_FOUND, "text/plain", body::full("not found"))
+            }
+            // No session store exists yet, so no request can carry a session.
+            Route::AuthRequest | Route::Userinfo | Route::Protected => {
+                Err(ProxyError::Unauthenticated)
+            }
+            Route::Public => {
+                let client = ClientInfo {
+                    ip: conn.peer.ip(),
+                    tls: conn.tls,
+                    request_id,
+                };
+                let (resp, upstream) = self.upstream.forward(req, &client, &self.tasks).await?;
+                self.metrics.observe_upstream(upstream.as_secs_f64());
+                Ok((resp, Some(upstream)))
+            }
+        }
+    }
+}
+
+/// Bytes of the request head, counted as on the wire in HTTP/1.1.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + "  HTTP/1.1\r\n".len();
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
+/// The client's `X-Request-Id` when it is a sane token (visible ASCII, at
+/// most 128 bytes), else a fresh random one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| (0x21..=0x7e).contains(c)) {
+            return v.clone();
+        }
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    // 32 hex digits are always a valid header value.
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// The path as the upstream will resolve it: percent-decoded, repeated `/`
+/// folded, `.` and `..` segments resolved. `routes.skip_auth` is matched
+/// against this form, so `/public/../admin` or `/public/%2e%2e/admin` cannot
+/// reach a protected path through a skip-auth rule.
+pub fn normalize_path(raw: &str) -> String {
+    let decoded = percent_decode(raw);
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split(['/', '\\']) {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let trailing = decoded.ends_with('/') && !segments.is_empty();
+    let mut out = String::with_capacity(decoded.len() + 1);
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || trailing {
+        out.push('/');
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_resolves_dots_encodings_and_slashes() {
+        assert_eq!(normalize_path("/"), "/");
+        assert_eq!(normalize_path("/public/a.css"), "/public/a.css");
+        assert_eq!(normalize_path("/public/../admin"), "/admin");
+        assert_eq!(normalize_path("/public/%2e%2e/admin"), "/admin");
+        assert_eq!(normalize_path("/public/..%2Fadmin"), "/admin");
+        assert_eq!(normalize_path("/public%2F..%2F..%2Fadmin"), "/admin");
+        assert_eq!(normalize_path("//public//x/"), "/public/x/");
+        assert_eq!(normalize_path("/public\\..\\admin"), "/admin");
+        assert_eq!(normalize_path("/../../etc"), "/etc");
+        assert_eq!(normalize_path("/a/%zz"), "/a/%zz");
+        assert_eq!(normalize_path("/a/%2"), "/a/%2");
+    }
+
+    #[test]
+    fn request_id_is_kept_when_sane_and_replaced_when_not() {
+        let mut h = http::HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        let generated = request_id(&h);
+        assert_eq!(generated.len(), 32);
+        assert!(
+            generated
+                .to_str()
+                .unwrap()
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit())
+        );
+        h.insert(
+            &X_REQUEST_ID,
+            HeaderValue::from_str(&"x".repeat(129)).unwrap(),
+        );
+        assert_eq!(request_id(&h).len(), 32);
+    }
+
+    #[test]
+    fn head_size_counts_request_line_and_headers() {
+        let req = Request::builder()
+            .uri("/abc?q=1")
+            .header("x-a", "12345")
+            .body(())
+            .unwrap();
+        // "GET" + "/abc?q=1" + "  HTTP/1.1\r\n" + "x-a" + "12345" + 4
+        assert_eq!(head_size(&req), 3 + 8 + 12 + 3 + 5 + 4);
+    }
+}
