@@ -109,13 +109,13 @@ impl Upstream {
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        parts.uri = self.upstream_uri(&parts.uri)?;
         // HTTP/2 clients name the host in :authority, HTTP/1.1 in Host.
         let client_host = parts
             .headers
             .get(header::HOST)
             .cloned()
             .or_else(|| client_uri_authority(&parts.uri));
+        parts.uri = self.upstream_uri(&parts.uri)?;
         self.filter_request_headers(&mut parts.headers, upgrading, client, client_host.as_ref());
         parts.version = Version::HTTP_11;
 

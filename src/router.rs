@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -46,7 +45,6 @@ pub struct App {
     /// Background work that outlives a request (upgraded connections); the
     /// drain waits for it.
     pub tasks: TaskTracker,
-    draining: AtomicBool,
 }
 
 /// Where a request goes.
@@ -89,13 +87,7 @@ impl App {
             metrics,
             upstream,
             tasks: TaskTracker::new(),
-            draining: AtomicBool::new(false),
         }
-    }
-
-    /// From now on `/ready` answers 503, so load balancers stop sending.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
     }
 
     fn route(&self, listener: Listener, path: &str) -> Route {
@@ -186,11 +178,6 @@ impl App {
         };
         match route {
             Route::Ping => local(StatusCode::OK, "text/plain", body::full("OK")),
-            Route::Ready if self.draining.load(Ordering::Relaxed) => local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                body::full("draining"),
-            ),
             Route::Ready => local(StatusCode::OK, "text/plain", body::full("OK")),
             Route::Metrics => local(
                 StatusCode::OK,

@@ -91,7 +91,6 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!("shutting down: no new connections, draining in-flight requests");
-    app.start_draining();
     let _ = stop_tx.send(true);
     for l in accept_loops {
         // The loops end on the stop signal and drop their listeners, so new

@@ -1,0 +1,290 @@
+//! Test support: a real upstream HTTP server, the sidecar run in-process on
+//! port 0, and the sidecar binary run as a child process. Every wait here is
+//! bounded.
+
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use emp_sidecar::config::Config;
+use emp_sidecar::metrics::Metrics;
+use emp_sidecar::server::{self, Listeners};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A 32-byte cookie secret for tests.
+pub const COOKIE_SECRET: &str = "dGVzdC1vbmx5LWNvb2tpZS1zZWNyZXQtMzItYnl0ZXM=";
+
+/// Builds a sidecar configuration: each section is a list of TOML lines.
+#[derive(Clone)]
+pub struct Conf {
+    server: Vec<String>,
+    upstream: Vec<String>,
+    routes: Vec<String>,
+    headers: Vec<String>,
+    claims: Vec<String>,
+    log: Vec<String>,
+}
+
+impl Conf {
+    /// Proxies to `upstream`; `/public/` and `/ws` need no login.
+    pub fn new(upstream: &str) -> Self {
+        Self {
+            server: vec!["listen = \"127.0.0.1:0\"".into()],
+            upstream: vec![format!("url = {upstream:?}")],
+            routes: vec![r#"skip_auth = ["^/public/", "^/ws$"]"#.into()],
+            headers: Vec::new(),
+            claims: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+    pub fn server(mut self, line: &str) -> Self {
+        self.server.push(line.into());
+        self
+    }
+    pub fn upstream(mut self, line: &str) -> Self {
+        self.upstream.push(line.into());
+        self
+    }
+    pub fn claim(mut self, line: &str) -> Self {
+        self.claims.push(line.into());
+        self
+    }
+    pub fn log(mut self, line: &str) -> Self {
+        self.log.push(line.into());
+        self
+    }
+    pub fn toml(&self) -> String {
+        let section = |name: &str, lines: &[String]| format!("[{name}]\n{}\n", lines.join("\n"));
+        [
+            section("server", &self.server),
+            section("upstream", &self.upstream),
+            section("log", &self.log),
+            section(
+                "provider",
+                &[
+                    "base_url = \"http://127.0.0.1:9\"".into(),
+                    "client_id = \"test-app\"".into(),
+                    "redirect_url = \"http://127.0.0.1:4180/oauth2/callback\"".into(),
+                ],
+            ),
+            section(
+                "session",
+                &[
+                    format!("cookie_secret = {COOKIE_SECRET:?}"),
+                    "cookie_secure = false".into(),
+                ],
+            ),
+            section("routes", &self.routes),
+            section("headers", &self.headers),
+            section("headers.claims", &self.claims),
+        ]
+        .concat()
+    }
+}
+
+/// The sidecar running in this process.
+pub struct Sidecar {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<bool>>,
+}
+
+impl Sidecar {
+    pub async fn start(conf: &Conf) -> Sidecar {
+        let config = Config::from_toml_str(&conf.toml()).expect("test config is valid");
+        let prepared = server::prepare(&config).expect("test config prepares");
+        let main = TcpListener::bind(config.server.listen).await.unwrap();
+        let metrics_listener = match config.server.metrics_listen {
+            Some(a) => Some(TcpListener::bind(a).await.unwrap()),
+            None => None,
+        };
+        let addr = main.local_addr().unwrap();
+        let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr().unwrap());
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listeners = Listeners {
+            main,
+            metrics: metrics_listener,
+        };
+        let done = tokio::spawn(server::run(config, prepared, listeners, metrics, async {
+            let _ = stopped.await;
+        }));
+        Sidecar {
+            addr,
+            metrics_addr,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Starts the drain and waits (bounded) for `run` to return.
+    pub async fn shutdown(mut self) -> bool {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let done = self.done.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), done)
+            .await
+            .expect("sidecar drained in time")
+            .unwrap()
+    }
+}
+
+/// The `emp-sidecar` binary as a child process; killed on drop if still running.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_emp-sidecar")
+}
+
+impl Process {
+    /// Runs `emp-sidecar --config path` and waits (at most 20 s) for its
+    /// "listening" log line, which names the bound address.
+    pub fn spawn(config: &Path, envs: &[(&str, &str)]) -> Process {
+        let mut cmd = Command::new(binary());
+        cmd.arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("binary starts");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let out = child.stdout.take().unwrap();
+        let lines = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if line.contains("emp-sidecar listening")
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(a) = v["listen"].as_str().and_then(|a| a.parse().ok())
+                {
+                    let _ = tx.send(a);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let err_lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                err_lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "sidecar did not start; stderr: {:?}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Process {
+            child,
+            addr,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident set size so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits at most `limit` for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `emp-sidecar check-config` with the given file and environment.
+pub fn check_config(config: &Path, envs: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(binary());
+    cmd.arg("check-config")
+        .arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
