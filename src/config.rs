@@ -56,6 +56,8 @@ pub struct ServerConfig {
     /// Keep client-sent `X-Forwarded-*` (append to `X-Forwarded-For`) instead
     /// of replacing them; only behind a proxy you trust.
     pub trust_forwarded_headers: bool,
+    /// Worker threads serving connections; 0 means one per CPU.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -374,6 +376,14 @@ fn server(l: &mut Loader) -> Option<ServerConfig> {
     let idle_timeout = positive(l, "server.idle_timeout");
     let shutdown_timeout = l.duration("server.shutdown_timeout");
     let trust = l.get::<bool>("server.trust_forwarded_headers");
+    let workers = l.get::<u16>("server.workers").and_then(|n| {
+        if n <= 256 {
+            Some(usize::from(n))
+        } else {
+            l.problem("server.workers", "must be between 0 (one per CPU) and 256");
+            None
+        }
+    });
     Some(ServerConfig {
         listen: listen??,
         metrics_listen: metrics_listen?,
@@ -383,15 +393,32 @@ fn server(l: &mut Loader) -> Option<ServerConfig> {
         idle_timeout: idle_timeout?,
         shutdown_timeout: shutdown_timeout?,
         trust_forwarded_headers: trust?,
+        workers: workers?,
     })
 }
 
 fn log(l: &mut Loader) -> Option<LogConfig> {
     let level = l.string("log.level");
-    let level_ok = tracing_subscriber::EnvFilter::builder()
-        .parse(&level)
-        .map_err(|e| l.problem("log.level", format!("{level:?}: {e}")))
-        .is_ok();
+    // EnvFilter would read a bare word such as "loud" as a target name and
+    // accept it; every directive must name a level: `info`, `emp_sidecar=debug`.
+    let is_level = |s: &str| {
+        ["trace", "debug", "info", "warn", "error", "off"]
+            .contains(&s.trim().to_ascii_lowercase().as_str())
+    };
+    let level_ok = !level.trim().is_empty()
+        && level.split(',').all(|d| match d.rsplit_once('=') {
+            Some((target, lvl)) => !target.trim().is_empty() && is_level(lvl),
+            None => is_level(d),
+        })
+        && tracing_subscriber::EnvFilter::builder()
+            .parse(&level)
+            .is_ok();
+    if !level_ok {
+        l.problem(
+            "log.level",
+            format!("{level:?}: expected a level (trace, debug, info, warn, error, off) or directives such as \"info,emp_sidecar=debug\""),
+        );
+    }
     let format = match l.string("log.format").as_str() {
         "json" => Some(LogFormat::Json),
         "pretty" => Some(LogFormat::Pretty),

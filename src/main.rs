@@ -77,12 +77,14 @@ fn load(path: &std::path::Path) -> Result<(Config, server::Prepared), Problems> 
 }
 
 fn serve((config, prepared): (Config, server::Prepared)) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This runtime only accepts connections and waits for signals; the
+    // workers that serve requests run their own (see `server::run`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let _log_guard = telemetry::init(&config.log);
+        telemetry::init(&config.log);
         let main = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
@@ -99,6 +101,7 @@ fn serve((config, prepared): (Config, server::Prepared)) -> anyhow::Result<()> {
             metrics_listen = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
             upstream = %config.upstream.url,
             tls = config.server.tls.is_some(),
+            workers = server::worker_count(&config),
             "emp-sidecar listening"
         );
         let metrics = Arc::new(Metrics::new().context("registering metrics")?);

@@ -15,6 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -23,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -43,7 +44,16 @@ pub struct Listeners {
 /// fails is a configuration problem (exit 2), found by `check-config` too.
 pub struct Prepared {
     tls: Option<TlsAcceptor>,
-    upstream: Upstream,
+    /// One upstream client (and so one connection pool) per worker.
+    upstreams: Vec<Upstream>,
+}
+
+/// How many worker threads `server.workers` asks for (0: one per CPU).
+pub fn worker_count(config: &Config) -> usize {
+    match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
 }
 
 pub fn prepare(config: &Config) -> Result<Prepared, Problems> {
@@ -52,15 +62,35 @@ pub fn prepare(config: &Config) -> Result<Prepared, Problems> {
         Some(files) => tls::acceptor(files).map_err(|p| problems.push(p)).ok(),
         None => None,
     };
-    let upstream = Upstream::new(config).map_err(|p| problems.push(p)).ok();
-    match upstream {
-        Some(upstream) if problems.is_empty() => Ok(Prepared { tls, upstream }),
-        _ => Err(Problems(problems)),
+    let mut upstreams = Vec::new();
+    for _ in 0..worker_count(config) {
+        match Upstream::new(config) {
+            Ok(u) => upstreams.push(u),
+            Err(p) => {
+                problems.push(p);
+                break;
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(Prepared { tls, upstreams })
+    } else {
+        Err(Problems(problems))
     }
 }
 
+/// An accepted connection on its way to a worker.
+type Handoff = (std::net::TcpStream, SocketAddr, Listener);
+
 /// Serves until `shutdown` resolves, then drains. Returns `false` when the
 /// drain hit `server.shutdown_timeout` with requests still in flight.
+///
+/// Connections are served by worker threads, one per CPU by default, each a
+/// single-threaded runtime with its own upstream pool: a request never
+/// crosses threads (nginx's worker model). Cross-thread wake-ups cost more
+/// than the proxying itself on small requests; `benches/README.md` has the
+/// figures. The accept loops run on the caller's runtime and hand each new
+/// connection to the next worker in turn.
 pub async fn run(
     config: Config,
     prepared: Prepared,
@@ -69,24 +99,48 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> bool {
     let config = Arc::new(config);
-    let app = Arc::new(App::new(config.clone(), metrics, prepared.upstream));
-    let builder = Arc::new(http_builder(&config));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let conns = TaskTracker::new();
+    let mut senders = Vec::new();
+    let mut drained = Vec::new();
+    for (i, upstream) in prepared.upstreams.into_iter().enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel::<Handoff>();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let worker = Worker {
+            app: Arc::new(App::new(config.clone(), metrics.clone(), upstream)),
+            builder: http_builder(&config),
+            tls: prepared.tls.clone(),
+            stop: stop_rx.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("emp-worker-{i}"))
+            .spawn(move || worker.run(rx, done_tx));
+        match spawned {
+            Ok(_) => {
+                senders.push(tx);
+                drained.push(done_rx);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start a worker thread"),
+        }
+    }
+    if senders.is_empty() {
+        tracing::error!("no worker thread could be started");
+        return false;
+    }
+    let dispatch = Arc::new(Dispatch {
+        senders,
+        next: AtomicUsize::new(0),
+    });
 
     let mut accept_loops = Vec::new();
-    let main = (listeners.main, Listener::Main, prepared.tls.clone());
-    let metrics_listener = listeners.metrics.map(|l| (l, Listener::Metrics, None));
-    for (listener, kind, tls) in std::iter::once(main).chain(metrics_listener) {
-        let ctx = AcceptCtx {
-            app: app.clone(),
-            builder: builder.clone(),
-            tls,
+    let main = (listeners.main, Listener::Main);
+    let metrics_listener = listeners.metrics.map(|l| (l, Listener::Metrics));
+    for (listener, kind) in std::iter::once(main).chain(metrics_listener) {
+        accept_loops.push(tokio::spawn(accept_loop(
+            listener,
             kind,
-            stop: stop_rx.clone(),
-            conns: conns.clone(),
-        };
-        accept_loops.push(tokio::spawn(accept_loop(listener, ctx)));
+            dispatch.clone(),
+            stop_rx.clone(),
+        )));
     }
 
     shutdown.await;
@@ -97,15 +151,17 @@ pub async fn run(
         // connections are refused from here on.
         let _ = l.await;
     }
-    conns.close();
-    app.tasks.close();
-    let drained = tokio::time::timeout(config.server.shutdown_timeout, async {
-        conns.wait().await;
-        app.tasks.wait().await;
+    // The last handle on the senders: workers see their channel close, stop
+    // taking connections and wait for the ones they have.
+    drop(dispatch);
+    let all_drained = tokio::time::timeout(config.server.shutdown_timeout, async {
+        for d in drained {
+            let _ = d.await;
+        }
     })
     .await
     .is_ok();
-    if drained {
+    if all_drained {
         tracing::info!("drained; exiting");
     } else {
         tracing::warn!(
@@ -113,7 +169,29 @@ pub async fn run(
             "shutdown timeout reached with requests still in flight"
         );
     }
-    drained
+    all_drained
+}
+
+/// Hands accepted connections to the workers, round robin.
+struct Dispatch {
+    senders: Vec<mpsc::UnboundedSender<Handoff>>,
+    next: AtomicUsize,
+}
+
+impl Dispatch {
+    fn send(&self, handoff: Handoff) {
+        let n = self.senders.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut handoff = handoff;
+        // A worker whose thread died is skipped; the connection goes to the next.
+        for i in 0..n {
+            match self.senders[(first + i) % n].send(handoff) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(h)) => handoff = h,
+            }
+        }
+        tracing::error!("no worker left to serve a connection");
+    }
 }
 
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
@@ -137,24 +215,19 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     b
 }
 
-struct AcceptCtx {
-    app: Arc<App>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    tls: Option<TlsAcceptor>,
+async fn accept_loop(
+    listener: TcpListener,
     kind: Listener,
-    stop: watch::Receiver<bool>,
-    conns: TaskTracker,
-}
-
-async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
-    let ctx = Arc::new(ctx);
-    let mut stop = ctx.stop.clone();
+    dispatch: Arc<Dispatch>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    ctx.conns.spawn(serve_connection(ctx.clone(), stream, peer));
-                }
+                Ok((stream, peer)) => match stream.into_std() {
+                    Ok(std_stream) => dispatch.send((std_stream, peer, kind)),
+                    Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
+                },
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -166,16 +239,66 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
     }
 }
 
-async fn serve_connection(ctx: Arc<AcceptCtx>, stream: TcpStream, peer: SocketAddr) {
+/// One worker thread: a single-threaded runtime serving the connections
+/// handed to it, with its own upstream pool.
+struct Worker {
+    app: Arc<App>,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Worker {
+    fn run(self, mut conns_in: mpsc::UnboundedReceiver<Handoff>, drained: oneshot::Sender<()>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a worker runtime");
+                return;
+            }
+        };
+        let worker = Arc::new(self);
+        runtime.block_on(async {
+            let conns = TaskTracker::new();
+            while let Some((stream, peer, kind)) = conns_in.recv().await {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => {
+                        conns.spawn(serve_connection(worker.clone(), stream, peer, kind));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
+                }
+            }
+            conns.close();
+            conns.wait().await;
+            worker.app.tasks.close();
+            worker.app.tasks.wait().await;
+        });
+        let _ = drained.send(());
+    }
+}
+
+async fn serve_connection(
+    worker: Arc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Listener,
+) {
     let _ = stream.set_nodelay(true);
-    let header_timeout = ctx.app.config.server.header_read_timeout;
+    let header_timeout = worker.app.config.server.header_read_timeout;
     let activity = Arc::new(ConnActivity::default());
-    match &ctx.tls {
+    let tls = match kind {
+        Listener::Main => worker.tls.as_ref(),
+        Listener::Metrics => None,
+    };
+    match tls {
         Some(acceptor) => {
             match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let io = activity::Tracked::new(tls, activity.clone());
-                    serve_io(&ctx, io, peer, true, activity).await
+                    serve_io(&worker, io, peer, true, kind, activity).await
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -188,7 +311,7 @@ async fn serve_connection(ctx: Arc<AcceptCtx>, stream: TcpStream, peer: SocketAd
             match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
                 Ok(Ok(n)) if n > 0 => {
                     let io = activity::Tracked::new(stream, activity.clone());
-                    serve_io(&ctx, io, peer, false, activity).await
+                    serve_io(&worker, io, peer, false, kind, activity).await
                 }
                 _ => {}
             }
@@ -197,10 +320,11 @@ async fn serve_connection(ctx: Arc<AcceptCtx>, stream: TcpStream, peer: SocketAd
 }
 
 async fn serve_io<I>(
-    ctx: &AcceptCtx,
+    ctx: &Worker,
     io: I,
     peer: SocketAddr,
     tls: bool,
+    kind: Listener,
     activity: Arc<ConnActivity>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -209,7 +333,7 @@ async fn serve_io<I>(
         peer,
         tls,
         activity: activity.clone(),
-        listener: ctx.kind,
+        listener: kind,
     });
     let app = ctx.app.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| {

@@ -46,19 +46,19 @@ impl Conf {
         }
     }
     pub fn server(mut self, line: &str) -> Self {
-        self.server.push(line.into());
+        set(&mut self.server, line);
         self
     }
     pub fn upstream(mut self, line: &str) -> Self {
-        self.upstream.push(line.into());
+        set(&mut self.upstream, line);
         self
     }
     pub fn claim(mut self, line: &str) -> Self {
-        self.claims.push(line.into());
+        set(&mut self.claims, line);
         self
     }
     pub fn log(mut self, line: &str) -> Self {
-        self.log.push(line.into());
+        set(&mut self.log, line);
         self
     }
     pub fn toml(&self) -> String {
@@ -88,6 +88,13 @@ impl Conf {
         ]
         .concat()
     }
+}
+
+/// Sets a `key = value` line, replacing an earlier line with the same key.
+fn set(lines: &mut Vec<String>, line: &str) {
+    let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
+    lines.retain(|l| key(l) != key(line));
+    lines.push(line.into());
 }
 
 /// The sidecar running in this process.

@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Proxy overhead benchmark: emp-sidecar against nginx proxy_pass, same run.
+
+Targets, all on loopback, all in front of the same upstream (an nginx that
+answers a fixed 100-byte body):
+  direct   the upstream itself
+  nginx    nginx proxy_pass with upstream keepalive (its best configuration)
+  sidecar  emp-sidecar on a skip-auth route (no login needed)
+
+Load: wrk (Debian), 2 threads, 16 and 128 connections. Each (target, connections)
+pair runs ROUNDS times, interleaved, and the median is reported, because this
+2-core machine is shared and noisy. Both proxies write an access log and set
+X-Forwarded-For/-Proto and X-Request-Id, so they do the same work.
+
+Usage: python3 benches/overhead.py [--duration SECONDS] [--rounds N]
+Writes benches/results/overhead.json and prints a Markdown table.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BODY = "x" * 100
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, limit=20.0):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {limit}s")
+
+
+def nginx_conf(tmp, name, server_block, workers="auto"):
+    d = Path(tmp) / name
+    d.mkdir()
+    conf = d / "nginx.conf"
+    conf.write_text(f"""
+user root;
+worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    {server_block}
+}}
+""")
+    return conf
+
+
+def start_nginx(conf):
+    return subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+LAT_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def parse_latency(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    return float(m.group(1)) * LAT_UNITS[m.group(2)]
+
+
+def wrk(url, conns, duration):
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", url],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = parse_latency(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = parse_latency(re.search(r"\s99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    if errors or socket_errors:
+        raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99}
+
+
+def rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", default="16,128")
+    args = ap.parse_args()
+    conns_list = [int(c) for c in args.connections.split(",")]
+
+    subprocess.run([str(ROOT / "scripts/ensure-packages"), "nginx:nginx", "wrk:wrk"], check=True)
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
+    binary = ROOT / "target/release/emp-sidecar"
+
+    tmp = tempfile.mkdtemp(prefix="emp-bench-")
+    procs = []
+    try:
+        up_port, ngx_port, sc_port = free_port(), free_port(), free_port()
+        up = start_nginx(nginx_conf(tmp, "upstream", f"""
+    server {{
+        listen 127.0.0.1:{up_port} backlog=4096;
+        access_log off;
+        location / {{ default_type text/plain; return 200 "{BODY}"; }}
+    }}"""))
+        procs.append((up, signal.SIGQUIT))  # nginx drains on SIGQUIT
+        ngx = start_nginx(nginx_conf(tmp, "proxy", f"""
+    upstream app {{ server 127.0.0.1:{up_port}; keepalive 512; }}
+    server {{
+        listen 127.0.0.1:{ngx_port} backlog=4096;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Request-Id $request_id;
+        }}
+    }}"""))
+        procs.append((ngx, signal.SIGQUIT))
+        sc_conf = Path(tmp) / "sidecar.toml"
+        sc_conf.write_text(f"""
+[server]
+listen = "127.0.0.1:{sc_port}"
+[log]
+level = "info"
+format = "json"
+[upstream]
+url = "http://127.0.0.1:{up_port}"
+[provider]
+base_url = "http://127.0.0.1:9"
+client_id = "bench"
+redirect_url = "http://127.0.0.1:{sc_port}/oauth2/callback"
+[session]
+cookie_secret = "YmVuY2gtb25seS1jb29raWUtc2VjcmV0LTMyLWJ5dGVz"
+[routes]
+skip_auth = ["^/public/"]
+""")
+        sc_log = open(Path(tmp) / "sidecar.log", "w")
+        sc = subprocess.Popen([str(binary), "--config", str(sc_conf)], stdout=sc_log,
+                              stderr=subprocess.STDOUT)
+        procs.append((sc, signal.SIGTERM))
+        for p in (up_port, ngx_port, sc_port):
+            wait_port(p)
+
+        targets = {
+            "direct": f"http://127.0.0.1:{up_port}/public/bench",
+            "nginx": f"http://127.0.0.1:{ngx_port}/public/bench",
+            "sidecar": f"http://127.0.0.1:{sc_port}/public/bench",
+        }
+        for url in targets.values():  # warm-up: pools, caches, page faults
+            wrk(url, 16, 2)
+        samples = {(t, c): [] for t in targets for c in conns_list}
+        for r in range(args.rounds):
+            for c in conns_list:
+                for t, url in targets.items():
+                    res = wrk(url, c, args.duration)
+                    samples[(t, c)].append(res)
+                    print(f"round {r + 1} c={c:<4} {t:<8} {res['rps']:>10.0f} req/s "
+                          f"p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms", file=sys.stderr)
+        sidecar_rss = rss_kib(sc.pid)
+
+        def med(t, c, k):
+            return statistics.median(s[k] for s in samples[(t, c)])
+
+        result = {"machine": {"cpus": os.cpu_count(), "nginx": subprocess.run(
+            ["nginx", "-v"], capture_output=True, text=True).stderr.strip()},
+            "duration_s": args.duration, "rounds": args.rounds, "sidecar_rss_kib": sidecar_rss,
+            "rows": []}
+        lines = ["| connections | target | req/s | p50 ms | p99 ms |",
+                 "|---|---|---:|---:|---:|"]
+        for c in conns_list:
+            for t in targets:
+                row = {"connections": c, "target": t, "rps": med(t, c, "rps"),
+                       "p50_ms": med(t, c, "p50_ms"), "p99_ms": med(t, c, "p99_ms")}
+                result["rows"].append(row)
+                lines.append(f"| {c} | {t} | {row['rps']:.0f} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} |")
+        lines.append("")
+        lines.append("| connections | sidecar/nginx req/s | sidecar/nginx p99 | sidecar/direct req/s |")
+        lines.append("|---|---:|---:|---:|")
+        for c in conns_list:
+            ratio = {"connections": c,
+                     "rps_vs_nginx": med("sidecar", c, "rps") / med("nginx", c, "rps"),
+                     "p99_vs_nginx": med("sidecar", c, "p99_ms") / med("nginx", c, "p99_ms"),
+                     "rps_vs_direct": med("sidecar", c, "rps") / med("direct", c, "rps")}
+            result.setdefault("ratios", []).append(ratio)
+            lines.append(f"| {c} | {ratio['rps_vs_nginx']:.2f} | {ratio['p99_vs_nginx']:.2f} | "
+                         f"{ratio['rps_vs_direct']:.2f} |")
+        lines.append("")
+        lines.append(f"sidecar RSS after the run: {sidecar_rss / 1024:.1f} MiB")
+        out_dir = ROOT / "benches/results"
+        out_dir.mkdir(exist_ok=True)
+        (out_dir / "overhead.json").write_text(json.dumps(result, indent=2))
+        print("\n".join(lines))
+    finally:
+        for p, sig in procs:
+            p.send_signal(sig)
+        for p, _ in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

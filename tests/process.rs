@@ -1,0 +1,253 @@
+//! The `emp-sidecar` binary as users run it: streaming with bounded memory,
+//! SIGTERM during a slow response, configuration errors and exit codes, and
+//! the access log.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use support::{Conf, Process, check_config, http_client, upstream};
+
+const MB: u64 = 1024 * 1024;
+
+fn write_config(dir: &std::path::Path, conf: &Conf) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, conf.toml()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_megabytes_stream_both_ways_with_bounded_memory() {
+    let up = upstream::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sc = Process::spawn(&write_config(dir.path(), &Conf::new(&up.url())), &[]);
+    let client = http_client();
+    let baseline = sc.peak_rss_kib();
+
+    // Upload: 100 MiB generated on the fly, never held by the test either.
+    let total = 100 * MB;
+    let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
+    let chunks = total / chunk.len() as u64;
+    let stream =
+        futures_util::stream::iter(0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+    let resp = client
+        .post(sc.url("/public/upload"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), total.to_string());
+
+    // Download: 100 MiB counted chunk by chunk.
+    let resp = client
+        .get(sc.url(&format!("/public/download?bytes={total}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut received = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        received += chunk.unwrap().len() as u64;
+    }
+    assert_eq!(received, total);
+
+    let peak = sc.peak_rss_kib();
+    eprintln!("sidecar peak RSS: baseline {baseline} KiB, after 2 x 100 MiB {peak} KiB");
+    // A proxy that buffered either body would need over 100 MiB.
+    assert!(
+        peak < 48 * 1024,
+        "peak RSS {peak} KiB: bodies are being buffered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_slow_response_completes_it_and_exits_zero() {
+    let up = upstream::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sc = Process::spawn(&write_config(dir.path(), &Conf::new(&up.url())), &[]);
+    let url = sc.url("/public/slow?ms=1500");
+    let slow = tokio::spawn(async move {
+        let resp = http_client().get(url).send().await.unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    });
+    // Bounded wait until the request is in flight at the sidecar.
+    let client = http_client();
+    let mut in_flight = false;
+    for _ in 0..300 {
+        let m = client
+            .get(sc.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("emp_sidecar_http_requests_in_flight 2") {
+            in_flight = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(in_flight, "slow request never reached the sidecar");
+
+    sc.signal("TERM");
+    // New connections are refused once the listener is closed (bounded poll).
+    let mut refused = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(sc.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "listener still accepting after SIGTERM");
+
+    let (status, body) = tokio::time::timeout(Duration::from_secs(20), slow)
+        .await
+        .expect("slow response finished")
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "slow done");
+    let code = tokio::task::spawn_blocking(move || sc.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn each_invalid_key_exits_2_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Conf::new("http://127.0.0.1:8080");
+    let cases: &[(&str, &str, &str)] = &[
+        ("server", "listen = \"localhost\"", "server.listen"),
+        ("server", "max_header_bytes = 10", "server.max_header_bytes"),
+        (
+            "server",
+            "tls_cert = \"/nonexistent.pem\"",
+            "server.tls_key",
+        ),
+        (
+            "server",
+            "shutdown_timeout = \"later\"",
+            "server.shutdown_timeout",
+        ),
+        ("upstream", "url = \"not a url\"", "upstream.url"),
+        ("upstream", "host_header = \"both\"", "upstream.host_header"),
+        (
+            "upstream",
+            "ca_file = \"/nonexistent-ca.pem\"",
+            "upstream.ca_file",
+        ),
+        ("log", "format = \"xml\"", "log.format"),
+        ("log", "level = \"loud\"", "log.level"),
+        ("server", "colour = \"blue\"", "server.colour"),
+    ];
+    for (section, line, key) in cases {
+        let conf = match *section {
+            "server" => good.clone().server(line),
+            "upstream" => good.clone().upstream(line),
+            _ => good.clone().log(line),
+        };
+        let path = write_config(dir.path(), &conf);
+        let (code, out) = check_config(&path, &[]);
+        assert_eq!(code, 2, "{line}: {out}");
+        assert!(
+            out.contains(key),
+            "{line}: output does not name {key}: {out}"
+        );
+
+        // The proxy itself refuses to start on the same problem.
+        let run = std::process::Command::new(support::binary())
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(2), "{line}");
+    }
+    let (code, out) = check_config(&write_config(dir.path(), &good), &[]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = check_config(&dir.path().join("missing.toml"), &[]);
+    assert_eq!(code, 2);
+    assert!(out.contains("not found"), "{out}");
+}
+
+#[test]
+fn several_problems_are_all_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = Conf::new("ftp://nope")
+        .server("listen = \"x\"")
+        .log("format = \"xml\"");
+    let (code, out) = check_config(&write_config(dir.path(), &conf), &[]);
+    assert_eq!(code, 2);
+    for key in ["server.listen", "upstream.url", "log.format"] {
+        assert!(out.contains(key), "{key} missing: {out}");
+    }
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &Conf::new("http://127.0.0.1:8080"));
+    // A bad value from the environment wins over the good file value, and the
+    // message names the variable.
+    let (code, out) = check_config(&path, &[("EMP_SIDECAR_UPSTREAM__URL", "gopher://x")]);
+    assert_eq!(code, 2);
+    assert!(out.contains("upstream.url"), "{out}");
+    assert!(out.contains("EMP_SIDECAR_UPSTREAM__URL"), "{out}");
+    // A good value from the environment fixes a bad file value.
+    let bad = write_config(dir.path(), &Conf::new("gopher://x"));
+    let (code, out) = check_config(&bad, &[("EMP_SIDECAR_UPSTREAM__URL", "http://127.0.0.1:1")]);
+    assert_eq!(code, 0, "{out}");
+    // EMP_SIDECAR_CONFIG names the file when --config is not given.
+    let out = std::process::Command::new(support::binary())
+        .arg("check-config")
+        .env("EMP_SIDECAR_CONFIG", &bad)
+        .env("EMP_SIDECAR_UPSTREAM__URL", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_json_access_log_line_per_request_without_the_query() {
+    let up = upstream::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sc = Process::spawn(&write_config(dir.path(), &Conf::new(&up.url())), &[]);
+    let client = http_client();
+    let resp = client
+        .get(sc.url("/public/echo?code=SECRET-CODE-123&state=s"))
+        .header("x-request-id", "log-test-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    // The line is written when the response body is done; wait (bounded).
+    let mut line = None;
+    for _ in 0..300 {
+        line = sc
+            .log_lines()
+            .into_iter()
+            .find(|l| l.contains("log-test-1"));
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let line = line.expect("access log line written");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/public/echo");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["route"], "public");
+    assert!(v["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["upstream_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        !sc.log_lines().iter().any(|l| l.contains("SECRET-CODE-123")),
+        "the query string reached the log"
+    );
+}
