@@ -155,8 +155,6 @@ impl Upstream {
             });
         }
         headers::strip_hop_by_hop(resp.headers_mut(), switching);
-        resp.headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), client.request_id.clone());
         Ok((
             resp.map(|b| b.map_err(BoxError::from).boxed_unsync()),
             latency,
