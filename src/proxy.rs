@@ -4,13 +4,15 @@
 //! Bodies stream in both directions and are never buffered whole.
 
 pub mod headers;
+pub mod pool;
 pub mod upstream;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,13 +22,12 @@ use tokio_util::task::TaskTracker;
 use crate::body::Body;
 use crate::config::{Config, HostHeader, Problem};
 use crate::error::{BoxError, ProxyError};
-use upstream::{SentBody, UpstreamClient};
+use pool::{Pool, PoolError};
+use upstream::SentBody;
 
 /// The upstream app and how to reach it; built once at start.
 pub struct Upstream {
-    client: UpstreamClient,
-    scheme: Scheme,
-    authority: Authority,
+    pool: Arc<Pool>,
     /// The upstream URL's path without its trailing `/`, prefixed to every request path.
     base_path: String,
     host: HeaderValue,
@@ -58,20 +59,10 @@ impl Upstream {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
-        let authority: Authority = authority_text
-            .parse()
+        let host = HeaderValue::from_str(&authority_text)
             .map_err(|e| problem(format!("invalid host: {e}")))?;
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|e| problem(format!("invalid host: {e}")))?;
-        let scheme = if url.scheme() == "https" {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        };
         Ok(Self {
-            client: upstream::client(cfg)?,
-            scheme,
-            authority,
+            pool: upstream::pool(cfg)?,
             base_path: url.path().trim_end_matches('/').to_string(),
             host,
             host_header: cfg.host_header,
@@ -85,6 +76,12 @@ impl Upstream {
                 .map(|(h, _)| h.clone())
                 .collect(),
         })
+    }
+
+    /// Background upkeep of the connection pool; spawn it on the worker that
+    /// owns this upstream.
+    pub fn maintenance(&self) -> impl std::future::Future<Output = ()> + use<> {
+        self.pool.clone().reap_idle()
     }
 
     /// Headers every route strips from the client's request (skip-auth
@@ -121,7 +118,7 @@ impl Upstream {
 
         let (body, sent) = SentBody::new(body);
         let started = Instant::now();
-        let request = self.client.request(Request::from_parts(parts, body));
+        let request = self.pool.send(Request::from_parts(parts, body));
         // The response-head timeout runs from the moment the request body has
         // been sent in full, so a long upload is not mistaken for a slow app.
         let deadline = async {
@@ -161,6 +158,8 @@ impl Upstream {
         ))
     }
 
+    /// The request target sent upstream, in origin form (`/path?query`),
+    /// under the upstream URL's path prefix when it has one.
     fn upstream_uri(&self, client_uri: &Uri) -> Result<Uri, ProxyError> {
         let pq = client_uri
             .path_and_query()
@@ -171,12 +170,7 @@ impl Upstream {
             PathAndQuery::try_from(format!("{}{}", self.base_path, pq.as_str()))
                 .map_err(|_| ProxyError::BadRequest("invalid request target"))?
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| ProxyError::BadRequest("invalid request target"))
+        Ok(Uri::from(pq))
     }
 
     fn filter_request_headers(
@@ -206,29 +200,14 @@ fn client_uri_authority(uri: &Uri) -> Option<HeaderValue> {
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
-/// Sorts a client error by cause: refused or failed connections are 502,
-/// a connect timeout is 504, anything after the connection is a bad response.
-fn classify(e: hyper_util::client::legacy::Error) -> ProxyError {
-    if e.is_connect() {
-        if has_timeout(&e) {
-            ProxyError::UpstreamConnectTimeout
-        } else {
+/// Sorts a pool error by cause: refused or failed connections are 502, a
+/// connect timeout is 504, anything after the connection is a bad response.
+fn classify(e: PoolError) -> ProxyError {
+    match e {
+        PoolError::ConnectTimeout => ProxyError::UpstreamConnectTimeout,
+        PoolError::Connect(_) | PoolError::Tls(_) | PoolError::Handshake(_) => {
             ProxyError::UpstreamConnect(e.into())
         }
-    } else {
-        ProxyError::UpstreamProtocol(e.into())
+        PoolError::Exchange(_) => ProxyError::UpstreamProtocol(e.into()),
     }
-}
-
-fn has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }

@@ -90,6 +90,11 @@ impl App {
         }
     }
 
+    /// Background upkeep for this worker (idle upstream connections).
+    pub fn maintenance(&self) -> impl std::future::Future<Output = ()> + use<> {
+        self.upstream.maintenance()
+    }
+
     fn route(&self, listener: Listener, path: &str) -> Route {
         match (listener, path) {
             (_, "/ping") => Route::Ping,

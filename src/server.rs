@@ -262,6 +262,7 @@ impl Worker {
         };
         let worker = Arc::new(self);
         runtime.block_on(async {
+            let maintenance = tokio::spawn(worker.app.maintenance());
             let conns = TaskTracker::new();
             while let Some((stream, peer, kind)) = conns_in.recv().await {
                 match TcpStream::from_std(stream) {
@@ -275,6 +276,7 @@ impl Worker {
             conns.wait().await;
             worker.app.tasks.close();
             worker.app.tasks.wait().await;
+            maintenance.abort();
         });
         let _ = drained.send(());
     }

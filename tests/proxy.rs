@@ -348,6 +348,55 @@ async fn https_upstream_is_verified_against_the_configured_ca() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_reused() {
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&Conf::new(&up.url()).server("workers = 1")).await;
+    let client = http_client();
+    let mut ports = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let echo: Value = client
+            .get(sc.url("/public/echo"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ports.insert(echo["peer_port"].as_u64().unwrap());
+    }
+    assert_eq!(
+        ports.len(),
+        1,
+        "sequential requests used {} upstream connections",
+        ports.len()
+    );
+    sc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_closed_by_the_upstream_is_replaced_transparently() {
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&Conf::new(&up.url()).server("workers = 1")).await;
+    let client = http_client();
+    let mut closed_ports = Vec::new();
+    for _ in 0..20 {
+        // The upstream closes the connection after `bye`; the next request
+        // must still succeed, on a new connection.
+        let resp = client.get(sc.url("/public/bye")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        closed_ports.push(resp.text().await.unwrap());
+        let echo = client.get(sc.url("/public/echo")).send().await.unwrap();
+        assert_eq!(echo.status(), 200);
+        let echo: Value = echo.json().await.unwrap();
+        assert_ne!(
+            echo["peer_port"].as_u64().unwrap().to_string(),
+            *closed_ports.last().unwrap()
+        );
+    }
+    sc.shutdown().await;
+}
+
+#[tokio::test]
 async fn bad_gateway_when_upstream_refuses() {
     // A port that was free a moment ago and has no listener now.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

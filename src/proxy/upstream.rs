@@ -1,7 +1,8 @@
-//! The pooled keep-alive client to the upstream app: plain HTTP, or HTTPS
-//! through rustls with the system's roots plus an optional CA bundle
-//! (`upstream.ca_file`). Requests go out as HTTP/1.1, as nginx `proxy_pass`
-//! does, whatever the client spoke.
+//! How the upstream is reached: the connector for the per-worker pool
+//! (plain TCP, or TLS through rustls with the system's roots plus an optional
+//! CA bundle, `upstream.ca_file`), and the request body wrapper that tells
+//! when the request has been sent in full. Requests go out as HTTP/1.1, as
+//! nginx `proxy_pass` does, whatever the client spoke.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,74 +11,90 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::Notify;
+use tokio_rustls::TlsConnector;
 
+use super::pool::{Connector, Pool};
 use crate::config::{Problem, UpstreamConfig};
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, SentBody>;
+fn problem(key: &str, message: String) -> Problem {
+    Problem {
+        key: key.into(),
+        message,
+        source: None,
+    }
+}
 
-/// Builds the client; a bad `upstream.ca_file` is reported as a config problem.
-pub fn client(cfg: &UpstreamConfig) -> Result<UpstreamClient, Problem> {
+/// Builds one pool; a bad `upstream.ca_file` is reported as a config problem.
+pub fn pool(cfg: &UpstreamConfig) -> Result<Arc<Pool>, Problem> {
+    let url = &cfg.url;
+    let host = url
+        .host_str()
+        .ok_or_else(|| problem("upstream.url", "has no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| problem("upstream.url", "has no port".into()))?;
+    let tls = if url.scheme() == "https" {
+        let name = ServerName::try_from(host.clone())
+            .map_err(|e| problem("upstream.url", format!("invalid TLS server name: {e}")))?;
+        Some((tls_connector(cfg)?, name))
+    } else {
+        None
+    };
+    let connector = Connector {
+        host,
+        port,
+        tls,
+        connect_timeout: cfg.connect_timeout,
+    };
+    Ok(Pool::new(
+        connector,
+        cfg.pool_max_idle_per_host,
+        cfg.pool_idle_timeout,
+    ))
+}
+
+fn tls_connector(cfg: &UpstreamConfig) -> Result<TlsConnector, Problem> {
     let mut roots = rustls::RootCertStore::empty();
-    // Missing system roots are not fatal: a plain-HTTP upstream (the usual
-    // sidecar case) or a configured CA bundle needs none of them.
+    // Missing system roots are not fatal: a configured CA bundle may be all
+    // the upstream needs.
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
     if let Some(path) = &cfg.ca_file {
-        let problem = |message: String| Problem {
-            key: "upstream.ca_file".into(),
-            message,
-            source: None,
-        };
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<Result<_, _>>())
             .map_err(|e| {
-                problem(format!(
-                    "cannot read PEM certificates from {}: {e}",
-                    path.display()
-                ))
+                problem(
+                    "upstream.ca_file",
+                    format!("cannot read PEM certificates from {}: {e}", path.display()),
+                )
             })?;
         if certs.is_empty() {
-            return Err(problem(format!("{} holds no certificate", path.display())));
+            return Err(problem(
+                "upstream.ca_file",
+                format!("{} holds no certificate", path.display()),
+            ));
         }
         for cert in certs {
             roots
                 .add(cert)
-                .map_err(|e| problem(format!("invalid CA certificate: {e}")))?;
+                .map_err(|e| problem("upstream.ca_file", format!("invalid CA certificate: {e}")))?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| Problem {
-        key: "upstream.url".into(),
-        message: format!("TLS set-up failed: {e}"),
-        source: None,
-    })?
+    .map_err(|e| problem("upstream.url", format!("TLS set-up failed: {e}")))?
     .with_root_certificates(roots)
     .with_no_client_auth();
-
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(cfg.connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(cfg.pool_idle_timeout)
-        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-        .build(https))
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(tls)))
 }
 
 pin_project_lite::pin_project! {

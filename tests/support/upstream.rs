@@ -1,10 +1,12 @@
 //! A real HTTP/1.1 upstream app for the tests, on hyper. Routes are picked by
 //! the last path segment, so `/public/echo` and `/echo` are the same:
-//! - `echo`: JSON of what arrived (method, URI, version, headers in order).
+//! - `echo`: JSON of what arrived (method, URI, version, headers in order,
+//!   and the port of the connection it came on).
 //! - `slow?ms=N`: answers after N ms.
 //! - `download?bytes=N`: streams N bytes in 64 KiB chunks.
 //! - `upload`: reads the whole body, answers with its length.
 //! - `hop`: answers with hop-by-hop headers the proxy must remove.
+//! - `bye`: answers its connection's client port, then closes the connection.
 //! - `ws`: a WebSocket echo.
 
 use std::convert::Infallible;
@@ -41,13 +43,13 @@ pub async fn start(tls: Option<TlsAcceptor>) -> Upstream {
     let tls = tls.map(Arc::new);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 return;
             };
             let tls = tls.clone();
             tokio::spawn(async move {
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let svc = service_fn(handle);
+                let svc = service_fn(move |req| handle(req, peer));
                 match tls {
                     Some(acc) => {
                         if let Ok(s) = acc.accept(stream).await {
@@ -82,7 +84,10 @@ fn query_num(req: &Request<Incoming>, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
     let last = req
         .uri()
         .path()
@@ -133,6 +138,10 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
             .body(full("hop"))
             .unwrap(),
         "ws" => websocket(&mut req),
+        "bye" => Response::builder()
+            .header("connection", "close")
+            .body(full(peer.port().to_string()))
+            .unwrap(),
         _ => {
             let headers: Vec<(String, String)> = req
                 .headers()
@@ -149,6 +158,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
                 "uri": req.uri().to_string(),
                 "version": format!("{:?}", req.version()),
                 "headers": headers,
+                "peer_port": peer.port(),
             });
             Response::builder()
                 .header("content-type", "application/json")
