@@ -115,6 +115,8 @@ pub struct ProviderConfig {
     pub scope: String,
     pub audience: String,
     pub profile: bool,
+    /// Limit for each call to the identity provider.
+    pub timeout: Duration,
 }
 
 impl ProviderConfig {
@@ -137,6 +139,10 @@ pub struct SessionConfig {
     pub cookie_secure: bool,
     pub store: StoreKind,
     pub lifetime: Duration,
+    /// A session unused for this long ends (at most `lifetime`).
+    pub idle_timeout: Duration,
+    /// Sessions kept at most; the least recently used go first.
+    pub max_sessions: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +161,9 @@ pub struct HeadersConfig {
 #[derive(Debug, Clone)]
 pub struct RoutesConfig {
     pub skip_auth: RegexSet,
+    /// Hosts an absolute `rd` may point at: `app.example.com`, or
+    /// `.example.com` for the domain and every subdomain.
+    pub allowed_redirect_domains: Vec<String>,
 }
 
 /// Bytes that must never be printed; `Debug` shows only the length.
@@ -504,10 +513,16 @@ fn upstream(l: &mut Loader) -> Option<UpstreamConfig> {
 }
 
 fn provider(l: &mut Loader) -> Option<ProviderConfig> {
-    let kind = match l.string("provider.kind").as_str() {
+    let kind_text = l.string("provider.kind");
+    let kind = match kind_text.as_str() {
         "emp" => Some(ProviderKind::Emp),
-        "upbond" => Some(ProviderKind::Upbond),
-        "oidc" => Some(ProviderKind::Oidc),
+        "upbond" | "oidc" => {
+            l.problem(
+                "provider.kind",
+                format!("{kind_text:?} is not available in this version; use \"emp\""),
+            );
+            None
+        }
         other => {
             l.problem(
                 "provider.kind",
@@ -548,6 +563,7 @@ fn provider(l: &mut Loader) -> Option<ProviderConfig> {
     let scope = l.string("provider.scope");
     let audience = l.string("provider.audience");
     let profile = l.get::<bool>("provider.profile");
+    let timeout = positive(l, "provider.timeout");
     Some(ProviderConfig {
         kind: kind?,
         base_url: base_url?,
@@ -557,6 +573,7 @@ fn provider(l: &mut Loader) -> Option<ProviderConfig> {
         scope,
         audience,
         profile: profile?,
+        timeout: timeout?,
     })
 }
 
@@ -647,12 +664,27 @@ fn session(l: &mut Loader) -> Option<SessionConfig> {
         }
     };
     let lifetime = positive(l, "session.lifetime");
+    let idle_timeout = if l.string("session.idle_timeout").is_empty() {
+        lifetime
+    } else {
+        positive(l, "session.idle_timeout")
+    };
+    let max_sessions = l.get::<u64>("session.max_sessions").and_then(|n| {
+        if n >= 1 {
+            Some(n)
+        } else {
+            l.problem("session.max_sessions", "must be at least 1");
+            None
+        }
+    });
     Some(SessionConfig {
         cookie_name: name_ok.then_some(cookie_name)?,
         cookie_secrets: (!secrets.is_empty() && secrets.len() == texts.len()).then_some(secrets)?,
         cookie_secure: cookie_secure?,
         store: store?,
         lifetime: lifetime?,
+        idle_timeout: idle_timeout?,
+        max_sessions: max_sessions?,
     })
 }
 
@@ -709,8 +741,22 @@ fn routes(l: &mut Loader) -> Option<RoutesConfig> {
             ok = false;
         }
     }
+    let domains = l.get::<Vec<String>>("routes.allowed_redirect_domains")?;
+    for d in &domains {
+        let host = d.strip_prefix('.').unwrap_or(d);
+        if host.is_empty() || url::Host::parse(host).is_err() || host.contains(['/', ':', '*']) {
+            l.problem(
+                "routes.allowed_redirect_domains",
+                format!("{d:?} is not a host name such as \"app.example.com\" or \".example.com\""),
+            );
+            ok = false;
+        }
+    }
     let set = RegexSet::new(&patterns).ok().filter(|_| ok)?;
-    Some(RoutesConfig { skip_auth: set })
+    Some(RoutesConfig {
+        skip_auth: set,
+        allowed_redirect_domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+    })
 }
 
 #[cfg(test)]

@@ -81,6 +81,65 @@ impl UpstreamErrorKind {
     }
 }
 
+/// How a login ended (the `result` label of `emp_sidecar_logins_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginResult {
+    /// A session was created.
+    Success,
+    /// The callback's `state` was missing, unknown, replayed or not this browser's.
+    InvalidState,
+    /// The IdP sent the user back with an error (refused consent, …).
+    Denied,
+    /// The IdP refused the code exchange or the profile (4xx).
+    Rejected,
+    /// The IdP failed or could not be reached.
+    IdpError,
+}
+
+impl LoginResult {
+    pub const ALL: [LoginResult; 5] = [
+        LoginResult::Success,
+        LoginResult::InvalidState,
+        LoginResult::Denied,
+        LoginResult::Rejected,
+        LoginResult::IdpError,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginResult::Success => "success",
+            LoginResult::InvalidState => "invalid_state",
+            LoginResult::Denied => "denied",
+            LoginResult::Rejected => "rejected",
+            LoginResult::IdpError => "idp_error",
+        }
+    }
+}
+
+/// How a token refresh ended (the `result` label of `emp_sidecar_token_refreshes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshResult {
+    Success,
+    /// The IdP refused the refresh token: the session ends.
+    Rejected,
+    /// The IdP failed or was unreachable: the current token stays in use.
+    Failed,
+}
+
+impl RefreshResult {
+    pub const ALL: [RefreshResult; 3] = [
+        RefreshResult::Success,
+        RefreshResult::Rejected,
+        RefreshResult::Failed,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshResult::Success => "success",
+            RefreshResult::Rejected => "rejected",
+            RefreshResult::Failed => "failed",
+        }
+    }
+}
+
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Latency buckets from 0.5 ms (the proxy's own overhead) to 60 s (slow upstreams).
 const DURATION_BUCKETS: &[f64] = &[
@@ -95,6 +154,10 @@ pub struct Metrics {
     upstream_durations: Histogram,
     upstream_errors: Vec<IntCounter>,
     pub in_flight: IntGauge,
+    logins: Vec<IntCounter>,
+    refreshes: Vec<IntCounter>,
+    idp_durations: Vec<Histogram>,
+    pub sessions_active: IntGauge,
 }
 
 impl Metrics {
@@ -133,6 +196,36 @@ impl Metrics {
             "emp_sidecar_http_requests_in_flight",
             "Requests received whose response has not finished yet",
         )?;
+        let logins_vec = IntCounterVec::new(
+            Opts::new(
+                "emp_sidecar_logins_total",
+                "Completed or failed logins, by result",
+            ),
+            &["result"],
+        )?;
+        let refreshes_vec = IntCounterVec::new(
+            Opts::new(
+                "emp_sidecar_token_refreshes_total",
+                "Access-token refreshes with the identity provider, by result",
+            ),
+            &["result"],
+        )?;
+        let idp_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "emp_sidecar_idp_request_duration_seconds",
+                "Duration of calls to the identity provider, by endpoint",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["endpoint"],
+        )?;
+        let sessions_active = IntGauge::new(
+            "emp_sidecar_sessions_active",
+            "Sessions in the session store",
+        )?;
+        registry.register(Box::new(logins_vec.clone()))?;
+        registry.register(Box::new(refreshes_vec.clone()))?;
+        registry.register(Box::new(idp_vec.clone()))?;
+        registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(requests_vec.clone()))?;
         registry.register(Box::new(durations_vec.clone()))?;
         registry.register(Box::new(upstream_durations.clone()))?;
@@ -151,7 +244,23 @@ impl Metrics {
             .iter()
             .map(|k| errors_vec.with_label_values(&[k.as_str()]))
             .collect();
+        let logins = LoginResult::ALL
+            .iter()
+            .map(|r| logins_vec.with_label_values(&[r.as_str()]))
+            .collect();
+        let refreshes = RefreshResult::ALL
+            .iter()
+            .map(|r| refreshes_vec.with_label_values(&[r.as_str()]))
+            .collect();
+        let idp_durations = crate::provider::Endpoint::ALL
+            .iter()
+            .map(|e| idp_vec.with_label_values(&[e.as_str()]))
+            .collect();
         Ok(Self {
+            logins,
+            refreshes,
+            idp_durations,
+            sessions_active,
             registry,
             requests,
             durations,
@@ -178,6 +287,18 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind as usize].inc();
+    }
+
+    pub fn login(&self, result: LoginResult) {
+        self.logins[result as usize].inc();
+    }
+
+    pub fn refresh(&self, result: RefreshResult) {
+        self.refreshes[result as usize].inc();
+    }
+
+    pub fn observe_idp(&self, endpoint: crate::provider::Endpoint, seconds: f64) {
+        self.idp_durations[endpoint as usize].observe(seconds);
     }
 
     /// The Prometheus text exposition of every metric.

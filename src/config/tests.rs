@@ -145,13 +145,38 @@ fn inline_and_file_secret_together_is_a_problem() {
 }
 
 #[test]
-fn upbond_defaults_its_base_url_and_requires_a_secret() {
-    let toml = minimal().replace("base_url = \"https://emp.example\"", "kind = \"upbond\"");
-    let keys: Vec<String> = problems(&toml).into_iter().map(|p| p.key).collect();
-    assert_eq!(keys, vec!["provider.client_secret"]);
-    let toml = toml.replace("[provider]\n", "[provider]\nclient_secret = \"x\"\n");
-    let c = Config::from_toml_str(&toml).unwrap();
-    assert_eq!(c.provider.base_url.as_str(), "https://auth3.upbond.io/");
+fn providers_not_yet_available_are_refused_by_name() {
+    for kind in ["upbond", "oidc"] {
+        let toml = minimal().replace("[provider]\n", &format!("[provider]\nkind = {kind:?}\n"));
+        let p = problems(&toml);
+        assert!(
+            p.iter()
+                .any(|p| p.key == "provider.kind" && p.message.contains("not available")),
+            "{p:?}"
+        );
+    }
+}
+
+#[test]
+fn idle_timeout_defaults_to_lifetime() {
+    let c = Config::from_toml_str(&minimal()).unwrap();
+    assert_eq!(c.session.idle_timeout, c.session.lifetime);
+    let toml = minimal().replace("[session]\n", "[session]\nidle_timeout = \"30m\"\n");
+    assert_eq!(
+        Config::from_toml_str(&toml).unwrap().session.idle_timeout,
+        Duration::from_secs(1800)
+    );
+}
+
+#[test]
+fn redirect_domains_must_be_host_names() {
+    let toml = format!(
+        "{}\n[routes]\nallowed_redirect_domains = [\".example.com\", \"https://x/\"]\n",
+        minimal()
+    );
+    let p = problems(&toml);
+    assert_eq!(p.len(), 1);
+    assert!(p[0].message.contains("https://x/"));
 }
 
 #[test]

@@ -1,0 +1,134 @@
+//! Sessions: what the sidecar keeps per logged-in browser, the store trait
+//! they live behind (memory now, Redis later), and the signed cookies that
+//! name them. The cookie holds only an opaque random id; tokens stay here.
+
+pub mod cookie;
+pub mod memory;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{HeaderName, HeaderValue};
+use rand::RngCore as _;
+use tokio::time::Instant;
+
+use crate::provider::{BoxFuture, TokenSet};
+
+/// 256 random bits, URL-safe base64: session ids, `state` values.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The tokens of a session at one moment; replaced whole on refresh.
+pub struct Tokens {
+    pub access_token: String,
+    /// `Bearer <access token>`, ready for the upstream.
+    pub bearer: HeaderValue,
+    /// The access token as a header value (`X-Forwarded-Access-Token`).
+    pub access_header: HeaderValue,
+    pub refresh_token: Option<String>,
+    pub expires_at: Instant,
+    /// When a refresh becomes due: `token.refresh_margin` before expiry,
+    /// capped at half the token's lifetime.
+    pub refresh_at: Instant,
+    pub backend_url: Option<String>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("expires_at", &self.expires_at)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tokens {
+    /// Tokens issued `now`; `None` when the access token cannot be a header value.
+    pub fn issued(set: TokenSet, now: Instant, margin: Duration) -> Option<Tokens> {
+        let bearer = HeaderValue::try_from(format!("Bearer {}", set.access_token)).ok()?;
+        let mut access_header = HeaderValue::try_from(set.access_token.as_str()).ok()?;
+        access_header.set_sensitive(true);
+        let mut bearer = bearer;
+        bearer.set_sensitive(true);
+        let margin = margin.min(set.expires_in / 2);
+        Some(Tokens {
+            access_token: set.access_token,
+            bearer,
+            access_header,
+            refresh_token: set.refresh_token,
+            expires_at: now + set.expires_in,
+            refresh_at: now + set.expires_in - margin,
+            backend_url: set.backend_url,
+        })
+    }
+}
+
+/// Who the user is, as headers: computed once at login.
+#[derive(Debug, Default)]
+pub struct Identity {
+    pub user: Option<HeaderValue>,
+    pub email: Option<HeaderValue>,
+    /// `[headers.claims]`, resolved against the claims.
+    pub claim_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Single-flight bookkeeping for refreshes of one session.
+#[derive(Debug, Default)]
+pub struct RefreshState {
+    /// A background refresh is running.
+    pub running: AtomicBool,
+    /// Held by whoever is refreshing; requests with an expired token wait on it.
+    pub lock: tokio::sync::Mutex<()>,
+    /// After a transient failure, no new attempt before this.
+    pub retry_after: Mutex<Option<Instant>>,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    tokens: Mutex<Arc<Tokens>>,
+    /// The claims as a JSON object, for `/oauth2/userinfo`.
+    pub claims: Box<str>,
+    pub identity: Identity,
+    pub refresh: RefreshState,
+}
+
+impl Session {
+    pub fn new(tokens: Tokens, claims: &serde_json::Value, identity: Identity) -> Session {
+        Session {
+            tokens: Mutex::new(Arc::new(tokens)),
+            claims: claims.to_string().into_boxed_str(),
+            identity,
+            refresh: RefreshState::default(),
+        }
+    }
+
+    pub fn tokens(&self) -> Arc<Tokens> {
+        match self.tokens.lock() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_tokens(&self, tokens: Tokens) {
+        let new = Arc::new(tokens);
+        match self.tokens.lock() {
+            Ok(mut t) => *t = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+}
+
+/// Where sessions live. Ids are the opaque random values in the cookie.
+pub trait SessionStore: Send + Sync {
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Option<Arc<Session>>>;
+    fn insert(&self, id: String, session: Arc<Session>) -> BoxFuture<'_, ()>;
+    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()>;
+    /// Sessions held now (approximate), for `emp_sidecar_sessions_active`.
+    fn count(&self) -> u64;
+}
