@@ -21,7 +21,7 @@ pub fn expires_in(v: Option<&Value>) -> Result<Duration, String> {
         Some(_) => None,
     };
     match secs {
-        Some(s) if s.is_finite() && s >= 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        Some(s) if (0.0..1e9).contains(&s) => Ok(Duration::from_secs_f64(s)),
         _ => Err(format!(
             "expires_in is not a number of seconds: {}",
             v.map_or("".into(), |v| v.to_string())
