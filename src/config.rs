@@ -154,6 +154,10 @@ pub struct TokenConfig {
 pub struct HeadersConfig {
     pub authorization: bool,
     pub access_token: bool,
+    /// JSON Pointer to the user id claim (`X-Auth-Request-User`).
+    pub user_claim: String,
+    /// JSON Pointer to the e-mail claim (`X-Auth-Request-Email`).
+    pub email_claim: String,
     /// Upstream header → RFC 6901 JSON Pointer into the claims.
     pub claims: Vec<(HeaderName, String)>,
 }
@@ -691,6 +695,20 @@ fn session(l: &mut Loader) -> Option<SessionConfig> {
 fn headers(l: &mut Loader) -> Option<HeadersConfig> {
     let authorization = l.get::<bool>("headers.authorization");
     let access_token = l.get::<bool>("headers.access_token");
+    let mut pointer = |key: &str| {
+        let p = l.string(key);
+        if p.is_empty() || p.starts_with('/') {
+            Some(p)
+        } else {
+            l.problem(
+                key,
+                format!("{p:?} is not a JSON Pointer (RFC 6901): it must start with '/'"),
+            );
+            None
+        }
+    };
+    let user_claim = pointer("headers.user_claim");
+    let email_claim = pointer("headers.email_claim");
     let raw = l
         .get::<std::collections::BTreeMap<String, String>>("headers.claims")
         .unwrap_or_default();
@@ -728,6 +746,8 @@ fn headers(l: &mut Loader) -> Option<HeadersConfig> {
     Some(HeadersConfig {
         authorization: authorization?,
         access_token: access_token?,
+        user_claim: user_claim?,
+        email_claim: email_claim?,
         claims: ok.then_some(claims)?,
     })
 }

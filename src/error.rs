@@ -28,6 +28,10 @@ pub enum ProxyError {
     UpstreamResponseTimeout,
     #[error("upstream sent an invalid response")]
     UpstreamProtocol(#[source] BoxError),
+
+    // The identity provider's fault.
+    #[error("the session's token expired and the identity provider cannot refresh it now")]
+    IdpUnavailable(#[source] crate::provider::IdpError),
 }
 
 impl ProxyError {
@@ -42,6 +46,7 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamResponseTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ProxyError::IdpUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -50,7 +55,8 @@ impl ProxyError {
         match self {
             ProxyError::HeadersTooLarge
             | ProxyError::BadRequest(_)
-            | ProxyError::Unauthenticated => None,
+            | ProxyError::Unauthenticated
+            | ProxyError::IdpUnavailable(_) => None,
             ProxyError::UpstreamConnect(_) => Some(UpstreamErrorKind::Connect),
             ProxyError::UpstreamConnectTimeout => Some(UpstreamErrorKind::ConnectTimeout),
             ProxyError::UpstreamResponseTimeout => Some(UpstreamErrorKind::ResponseTimeout),
@@ -68,6 +74,7 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamResponseTimeout => {
                 "gateway_timeout"
             }
+            ProxyError::IdpUnavailable(_) => "identity_provider_unavailable",
         }
     }
 

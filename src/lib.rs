@@ -18,10 +18,12 @@
 //! - [`config`]: figment layers → typed, validated [`config::Config`].
 //! - [`telemetry`]: tracing subscriber set-up.
 
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod mock_emp;
 pub mod provider;
 pub mod proxy;
 pub mod router;

@@ -70,13 +70,22 @@ fn main() -> ExitCode {
 
 /// Loads the file and builds what depends on it (TLS, upstream client), so
 /// `check-config` finds exactly what would stop the proxy from starting.
-fn load(path: &std::path::Path) -> Result<(Config, server::Prepared), Problems> {
+fn load(path: &std::path::Path) -> Result<(Config, server::Prepared, Arc<Metrics>), Problems> {
     let config = Config::load(path)?;
-    let prepared = server::prepare(&config)?;
-    Ok((config, prepared))
+    let metrics = Arc::new(Metrics::new().map_err(|e| {
+        Problems(vec![emp_sidecar::config::Problem {
+            key: "metrics".into(),
+            message: e.to_string(),
+            source: None,
+        }])
+    })?);
+    let prepared = server::prepare(&config, metrics.clone())?;
+    Ok((config, prepared, metrics))
 }
 
-fn serve((config, prepared): (Config, server::Prepared)) -> anyhow::Result<()> {
+fn serve(
+    (config, prepared, metrics): (Config, server::Prepared, Arc<Metrics>),
+) -> anyhow::Result<()> {
     // This runtime only accepts connections and waits for signals; the
     // workers that serve requests run their own (see `server::run`).
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -104,7 +113,6 @@ fn serve((config, prepared): (Config, server::Prepared)) -> anyhow::Result<()> {
             workers = server::worker_count(&config),
             "emp-sidecar listening"
         );
-        let metrics = Arc::new(Metrics::new().context("registering metrics")?);
         let listeners = Listeners {
             main,
             metrics: metrics_listener,

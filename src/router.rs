@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{self, Auth, Decision};
 use crate::body::{self, Body, Recorded, RequestRecord};
 use crate::config::Config;
 use crate::error::{ProxyError, chain};
@@ -42,6 +43,7 @@ pub struct App {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     upstream: Upstream,
+    auth: Arc<Auth>,
     /// Background work that outlives a request (upgraded connections); the
     /// drain waits for it.
     pub tasks: TaskTracker,
@@ -57,6 +59,12 @@ enum Route {
     AuthRequest,
     /// `/oauth2/userinfo`.
     Userinfo,
+    /// `/oauth2/start`.
+    Start,
+    /// The callback route (the path of `provider.redirect_url`).
+    Callback,
+    /// `/oauth2/sign_out`.
+    SignOut,
     /// Any other `/oauth2/` path.
     OAuth2Other,
     /// A `routes.skip_auth` path: proxied without a session.
@@ -73,7 +81,11 @@ impl Route {
             Route::Ping | Route::Ready => RouteClass::Health,
             Route::Metrics | Route::NotFound => RouteClass::Metrics,
             Route::AuthRequest => RouteClass::AuthRequest,
-            Route::Userinfo | Route::OAuth2Other => RouteClass::OAuth2,
+            Route::Userinfo
+            | Route::Start
+            | Route::Callback
+            | Route::SignOut
+            | Route::OAuth2Other => RouteClass::OAuth2,
             Route::Public => RouteClass::Public,
             Route::Protected => RouteClass::Proxy,
         }
@@ -81,11 +93,17 @@ impl Route {
 }
 
 impl App {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, upstream: Upstream) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        upstream: Upstream,
+        auth: Arc<Auth>,
+    ) -> Self {
         Self {
             config,
             metrics,
             upstream,
+            auth,
             tasks: TaskTracker::new(),
         }
     }
@@ -104,8 +122,11 @@ impl App {
             (Listener::Main, "/metrics") if self.config.server.metrics_listen.is_none() => {
                 Route::Metrics
             }
+            (Listener::Main, p) if p == self.config.provider.callback_path() => Route::Callback,
             (Listener::Main, "/oauth2/auth") => Route::AuthRequest,
             (Listener::Main, "/oauth2/userinfo") => Route::Userinfo,
+            (Listener::Main, "/oauth2/start") => Route::Start,
+            (Listener::Main, "/oauth2/sign_out") => Route::SignOut,
             (Listener::Main, p) if p.starts_with("/oauth2/") => Route::OAuth2Other,
             (Listener::Main, p) => {
                 if self.config.routes.skip_auth.is_match(&normalize_path(p)) {
@@ -184,29 +205,79 @@ impl App {
         match route {
             Route::Ping => local(StatusCode::OK, "text/plain", body::full("OK")),
             Route::Ready => local(StatusCode::OK, "text/plain", body::full("OK")),
-            Route::Metrics => local(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                body::full(self.metrics.render()),
-            ),
+            Route::Metrics => {
+                self.metrics
+                    .sessions_active
+                    .set(self.auth.sessions_active() as i64);
+                local(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    body::full(self.metrics.render()),
+                )
+            }
             Route::NotFound | Route::OAuth2Other => {
                 local(StatusCode::NOT_FOUND, "text/plain", body::full("not found"))
             }
-            // No session store exists yet, so no request can carry a session.
-            Route::AuthRequest | Route::Userinfo | Route::Protected => {
-                Err(ProxyError::Unauthenticated)
+            Route::Start => Ok((self.auth.start(auth::rd_param(req.uri()).as_deref()), None)),
+            Route::Callback => {
+                let rid = request_id.to_str().unwrap_or_default();
+                Ok((
+                    self.auth.callback(req.uri(), req.headers(), rid).await,
+                    None,
+                ))
             }
-            Route::Public => {
-                let client = ClientInfo {
-                    ip: conn.peer.ip(),
-                    tls: conn.tls,
-                    request_id,
-                };
-                let (resp, upstream) = self.upstream.forward(req, &client, &self.tasks).await?;
-                self.metrics.observe_upstream(upstream.as_secs_f64());
-                Ok((resp, Some(upstream)))
+            Route::SignOut => {
+                let rd = auth::rd_param(req.uri());
+                Ok((self.auth.sign_out(req.headers(), rd.as_deref()).await, None))
             }
+            Route::AuthRequest | Route::Userinfo => match self.auth.decide(req.headers()).await {
+                Decision::Authenticated { session, tokens } => {
+                    let resp = if route == Route::AuthRequest {
+                        self.auth.auth_request_response(&session, &tokens)
+                    } else {
+                        self.auth.userinfo_response(&session)
+                    };
+                    Ok((resp, None))
+                }
+                // nginx auth_request understands 2xx, 401 and 403 only:
+                // an expired session the IdP cannot refresh is "not signed in".
+                Decision::NeedsLogin | Decision::IdpUnavailable(_) => {
+                    Err(ProxyError::Unauthenticated)
+                }
+            },
+            Route::Protected => match self.auth.decide(req.headers()).await {
+                Decision::Authenticated { session, tokens } => {
+                    let mut req = req;
+                    self.auth.inject(req.headers_mut(), &session, &tokens);
+                    self.proxy(conn, req, request_id).await
+                }
+                Decision::NeedsLogin
+                    if auth::is_browser_navigation(req.method(), req.headers()) =>
+                {
+                    let here = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    Ok((self.auth.start(Some(here)), None))
+                }
+                Decision::NeedsLogin => Err(ProxyError::Unauthenticated),
+                Decision::IdpUnavailable(e) => Err(ProxyError::IdpUnavailable(e)),
+            },
+            Route::Public => self.proxy(conn, req, request_id).await,
         }
+    }
+
+    async fn proxy(
+        &self,
+        conn: &Conn,
+        req: Request<Incoming>,
+        request_id: &HeaderValue,
+    ) -> Result<(Response<Body>, Option<Duration>), ProxyError> {
+        let client = ClientInfo {
+            ip: conn.peer.ip(),
+            tls: conn.tls,
+            request_id,
+        };
+        let (resp, upstream) = self.upstream.forward(req, &client, &self.tasks).await?;
+        self.metrics.observe_upstream(upstream.as_secs_f64());
+        Ok((resp, Some(upstream)))
     }
 }
 
@@ -241,7 +312,7 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 /// against this form, so `/public/../admin` or `/public/%2e%2e/admin` cannot
 /// reach a protected path through a skip-auth rule.
 pub fn normalize_path(raw: &str) -> String {
-    let decoded = percent_decode(raw);
+    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split(['/', '\\']) {
         match seg {
@@ -262,34 +333,6 @@ pub fn normalize_path(raw: &str) -> String {
         out.push('/');
     }
     out
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -28,10 +28,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Problem, Problems};
+use crate::auth::Auth;
+use crate::config::{Config, Problem, Problems, StoreKind};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::router::{App, Conn, Listener};
+use crate::session::SessionStore;
+use crate::session::memory::MemoryStore;
 
 /// Sockets the server serves; bound by the caller.
 pub struct Listeners {
@@ -44,6 +47,8 @@ pub struct Listeners {
 /// fails is a configuration problem (exit 2), found by `check-config` too.
 pub struct Prepared {
     tls: Option<TlsAcceptor>,
+    /// Login flow and sessions, shared by every worker.
+    auth: Arc<Auth>,
     /// One upstream client (and so one connection pool) per worker.
     upstreams: Vec<Upstream>,
 }
@@ -56,8 +61,15 @@ pub fn worker_count(config: &Config) -> usize {
     }
 }
 
-pub fn prepare(config: &Config) -> Result<Prepared, Problems> {
+pub fn prepare(config: &Config, metrics: Arc<Metrics>) -> Result<Prepared, Problems> {
     let mut problems: Vec<Problem> = Vec::new();
+    let provider = crate::provider::build(config, metrics.clone()).map_err(|message| {
+        problems.push(Problem {
+            key: "provider".into(),
+            message,
+            source: None,
+        })
+    });
     let tls = match &config.server.tls {
         Some(files) => tls::acceptor(files).map_err(|p| problems.push(p)).ok(),
         None => None,
@@ -72,10 +84,23 @@ pub fn prepare(config: &Config) -> Result<Prepared, Problems> {
             }
         }
     }
-    if problems.is_empty() {
-        Ok(Prepared { tls, upstreams })
-    } else {
-        Err(Problems(problems))
+    match provider {
+        Ok(provider) if problems.is_empty() => {
+            let store: Arc<dyn SessionStore> = match config.session.store {
+                StoreKind::Memory => Arc::new(MemoryStore::new(
+                    config.session.max_sessions,
+                    config.session.lifetime,
+                    config.session.idle_timeout,
+                )),
+            };
+            let auth = Arc::new(Auth::new(config, provider, store, metrics));
+            Ok(Prepared {
+                tls,
+                auth,
+                upstreams,
+            })
+        }
+        _ => Err(Problems(problems)),
     }
 }
 
@@ -106,7 +131,12 @@ pub async fn run(
         let (tx, rx) = mpsc::unbounded_channel::<Handoff>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let worker = Worker {
-            app: Arc::new(App::new(config.clone(), metrics.clone(), upstream)),
+            app: Arc::new(App::new(
+                config.clone(),
+                metrics.clone(),
+                upstream,
+                prepared.auth.clone(),
+            )),
             builder: http_builder(&config),
             tls: prepared.tls.clone(),
             stop: stop_rx.clone(),

@@ -108,7 +108,8 @@ pub struct Sidecar {
 impl Sidecar {
     pub async fn start(conf: &Conf) -> Sidecar {
         let config = Config::from_toml_str(&conf.toml()).expect("test config is valid");
-        let prepared = server::prepare(&config).expect("test config prepares");
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let prepared = server::prepare(&config, metrics.clone()).expect("test config prepares");
         let main = TcpListener::bind(config.server.listen).await.unwrap();
         let metrics_listener = match config.server.metrics_listen {
             Some(a) => Some(TcpListener::bind(a).await.unwrap()),
@@ -116,7 +117,6 @@ impl Sidecar {
         };
         let addr = main.local_addr().unwrap();
         let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr().unwrap());
-        let metrics = Arc::new(Metrics::new().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let listeners = Listeners {
             main,

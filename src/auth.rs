@@ -1,0 +1,462 @@
+//! The login flow and the one authentication decision.
+//!
+//! [`Auth::decide`] finds the session for a request (signed cookie → store →
+//! a fresh token); the proxy, `/oauth2/auth` and `/oauth2/userinfo` all use
+//! it and differ only in how they answer. The flow: `/oauth2/start` (or a
+//! browser hitting a protected page) creates a random `state`, remembers the
+//! return URL under it server-side for ten minutes, binds it to this browser
+//! with a signed login cookie and redirects to the IdP; the callback checks
+//! the cookie against `state`, consumes the state (single use), exchanges
+//! the code, fetches the claims, and creates the session.
+
+pub mod page;
+pub mod redirect;
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Uri};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::body::{self, Body};
+use crate::config::Config;
+use crate::metrics::{LoginResult, Metrics};
+use crate::provider::{Callback, IdpError, LoginRequest, Provider};
+use crate::proxy::headers::X_FORWARDED_ACCESS_TOKEN;
+use crate::session::cookie::{Cookies, LOGIN_COOKIE_TTL};
+use crate::session::{Identity, Session, SessionStore, Tokens, random_token};
+use crate::token_cache::{Fresh, TokenCache};
+use page::ErrorPage;
+
+static X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
+static X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
+static X_AUTH_REQUEST_ACCESS_TOKEN: HeaderName =
+    HeaderName::from_static("x-auth-request-access-token");
+
+/// The result of looking for a session.
+pub enum Decision {
+    Authenticated {
+        session: Arc<Session>,
+        tokens: Arc<Tokens>,
+    },
+    NeedsLogin,
+    /// The session's token expired and the IdP cannot refresh it now.
+    IdpUnavailable(IdpError),
+}
+
+/// A login between redirect and callback.
+struct PendingLogin {
+    return_to: String,
+}
+
+pub struct Auth {
+    provider: Arc<dyn Provider>,
+    store: Arc<dyn SessionStore>,
+    tokens: Arc<TokenCache>,
+    cookies: Cookies,
+    pending: moka::sync::Cache<String, Arc<PendingLogin>>,
+    metrics: Arc<Metrics>,
+    allowed_domains: Vec<String>,
+    user_claim: String,
+    email_claim: String,
+    claims: Vec<(HeaderName, String)>,
+    inject_authorization: bool,
+    inject_access_token: bool,
+}
+
+/// Whether a request is a browser navigation (sent to log in, not refused).
+pub fn is_browser_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/html"))
+}
+
+fn redirect(location: &str) -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    if let Ok(loc) = HeaderValue::try_from(location) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn query_param(uri: &Uri, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The value at an RFC 6901 pointer, as header text (strings as they are,
+/// numbers and booleans printed, arrays of strings comma-joined).
+fn claim_text(claims: &Value, pointer: &str) -> Option<HeaderValue> {
+    let text = match claims.pointer(pointer)? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Null | Value::Object(_) => return None,
+    };
+    HeaderValue::try_from(text).ok()
+}
+
+impl Auth {
+    pub fn new(
+        config: &Config,
+        provider: Arc<dyn Provider>,
+        store: Arc<dyn SessionStore>,
+        metrics: Arc<Metrics>,
+    ) -> Auth {
+        let tokens = TokenCache::new(
+            provider.clone(),
+            store.clone(),
+            metrics.clone(),
+            config.token.refresh_margin,
+        );
+        Auth {
+            provider,
+            store,
+            tokens,
+            cookies: Cookies::new(
+                config.session.cookie_secrets.clone(),
+                &config.session.cookie_name,
+                config.session.cookie_secure,
+                config.session.lifetime,
+            ),
+            pending: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(LOGIN_COOKIE_TTL)
+                .build(),
+            metrics,
+            allowed_domains: config.routes.allowed_redirect_domains.clone(),
+            user_claim: config.headers.user_claim.clone(),
+            email_claim: config.headers.email_claim.clone(),
+            claims: config.headers.claims.clone(),
+            inject_authorization: config.headers.authorization,
+            inject_access_token: config.headers.access_token,
+        }
+    }
+
+    /// The one authentication decision.
+    pub async fn decide(&self, headers: &HeaderMap) -> Decision {
+        let Some(id) = self.cookies.session_id(headers) else {
+            return Decision::NeedsLogin;
+        };
+        let Some(session) = self.store.get(&id).await else {
+            return Decision::NeedsLogin;
+        };
+        match self.tokens.fresh(&id, &session).await {
+            Fresh::Valid(tokens) => Decision::Authenticated { session, tokens },
+            Fresh::Ended => Decision::NeedsLogin,
+            Fresh::Unavailable(e) => Decision::IdpUnavailable(e),
+        }
+    }
+
+    /// Identity headers for the upstream of an authenticated request. The
+    /// client's versions were removed before (`proxy::headers::strip_spoofable`).
+    pub fn inject(&self, h: &mut HeaderMap, session: &Session, tokens: &Tokens) {
+        if self.inject_authorization {
+            h.insert(header::AUTHORIZATION, tokens.bearer.clone());
+        }
+        if self.inject_access_token {
+            h.insert(
+                X_FORWARDED_ACCESS_TOKEN.clone(),
+                tokens.access_header.clone(),
+            );
+        }
+        for (name, value) in &session.identity.claim_headers {
+            h.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// `/oauth2/auth`: 202 with the identity headers nginx copies with
+    /// `auth_request_set`.
+    pub fn auth_request_response(&self, session: &Session, tokens: &Tokens) -> Response<Body> {
+        let mut resp = Response::new(body::empty());
+        *resp.status_mut() = StatusCode::ACCEPTED;
+        let h = resp.headers_mut();
+        if let Some(u) = &session.identity.user {
+            h.insert(X_AUTH_REQUEST_USER.clone(), u.clone());
+        }
+        if let Some(e) = &session.identity.email {
+            h.insert(X_AUTH_REQUEST_EMAIL.clone(), e.clone());
+        }
+        h.insert(
+            X_AUTH_REQUEST_ACCESS_TOKEN.clone(),
+            tokens.access_header.clone(),
+        );
+        for (name, value) in &session.identity.claim_headers {
+            h.insert(name.clone(), value.clone());
+        }
+        resp
+    }
+
+    /// `/oauth2/userinfo`: the session's claims.
+    pub fn userinfo_response(&self, session: &Session) -> Response<Body> {
+        let mut resp = Response::new(body::full(session.claims.to_string()));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+
+    /// Sends the browser to the IdP; afterwards it returns to `rd` (or `/`
+    /// when `rd` is not a safe place to return to).
+    pub fn start(&self, rd: Option<&str>) -> Response<Body> {
+        let return_to = rd
+            .and_then(|rd| redirect::safe_return(rd, &self.allowed_domains))
+            .unwrap_or_else(|| "/".to_string());
+        let login = LoginRequest {
+            state: random_token(),
+        };
+        self.pending
+            .insert(login.state.clone(), Arc::new(PendingLogin { return_to }));
+        let mut resp = redirect(self.provider.authorize_url(&login).as_str());
+        resp.headers_mut()
+            .append(header::SET_COOKIE, self.cookies.set_login(&login.state));
+        resp
+    }
+
+    /// The callback route.
+    pub async fn callback(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        request_id: &str,
+    ) -> Response<Body> {
+        let mut resp = self.finish_login(uri, headers, request_id).await;
+        // The login cookie is single use, whatever the outcome.
+        resp.headers_mut()
+            .append(header::SET_COOKIE, self.cookies.clear_login());
+        resp
+    }
+
+    async fn finish_login(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        request_id: &str,
+    ) -> Response<Body> {
+        let page = |status, title, explanation, code: Option<&str>, message: Option<&str>| {
+            ErrorPage {
+                status,
+                title,
+                explanation,
+                idp_code: code,
+                idp_message: message,
+                request_id,
+            }
+            .render()
+        };
+        // 1. The state must be the one this browser was sent away with, and unused.
+        let state = query_param(uri, "state");
+        let bound = self.cookies.login_state(headers);
+        let pending = match (&state, &bound) {
+            (Some(s), Some(b)) if s == b => self.pending.remove(s),
+            _ => None,
+        };
+        let Some(pending) = pending else {
+            self.metrics.login(LoginResult::InvalidState);
+            tracing::warn!(
+                request_id,
+                "login callback with a missing, foreign or used state"
+            );
+            return page(
+                StatusCode::FORBIDDEN,
+                "Sign-in could not be verified",
+                "This sign-in link was already used, has expired, or was started in another browser.",
+                None,
+                None,
+            );
+        };
+        // 2. The IdP may send the user back with an error instead of a code.
+        if let Some(error) = query_param(uri, "error") {
+            self.metrics.login(LoginResult::Denied);
+            let description = query_param(uri, "error_description");
+            tracing::warn!(request_id, idp_error = %error, "the identity provider refused the sign-in");
+            return page(
+                StatusCode::FORBIDDEN,
+                "Sign-in was refused",
+                "The identity provider did not sign you in.",
+                Some(&error),
+                description.as_deref(),
+            );
+        }
+        let Some(code) = query_param(uri, "code").filter(|c| !c.is_empty()) else {
+            self.metrics.login(LoginResult::Rejected);
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in incomplete",
+                "The identity provider sent no authorization code.",
+                None,
+                None,
+            );
+        };
+        let callback = Callback {
+            code,
+            backend_url: query_param(uri, "backend_url").filter(|b| !b.is_empty()),
+        };
+        // 3. Exchange the code (once: the IdP may have consumed it), get the claims.
+        let result = async {
+            let set = self.provider.exchange(&callback).await?;
+            let claims = self.provider.claims(&set).await?;
+            Ok::<_, IdpError>((set, claims))
+        }
+        .await;
+        let (set, claims) = match result {
+            Ok(ok) => ok,
+            Err(e) => return self.login_failed(e, request_id),
+        };
+        let Some(tokens) = Tokens::issued(set, Instant::now(), self.tokens.margin()) else {
+            self.metrics.login(LoginResult::Rejected);
+            return page(
+                StatusCode::BAD_GATEWAY,
+                "Sign-in failed",
+                "The identity provider issued an access token that cannot be used.",
+                None,
+                None,
+            );
+        };
+        // 4. A new session (a new id: no fixation), replacing any previous one.
+        if let Some(old) = self.cookies.session_id(headers) {
+            self.store.remove(&old).await;
+        }
+        let identity = self.identity(&claims);
+        let id = random_token();
+        self.store
+            .insert(
+                id.clone(),
+                Arc::new(Session::new(tokens, &claims, identity)),
+            )
+            .await;
+        self.metrics.login(LoginResult::Success);
+        self.metrics.sessions_active.set(self.store.count() as i64);
+        tracing::info!(request_id, "login succeeded");
+        let mut resp = redirect(&pending.return_to);
+        resp.headers_mut()
+            .append(header::SET_COOKIE, self.cookies.set_session(&id));
+        resp
+    }
+
+    fn login_failed(&self, e: IdpError, request_id: &str) -> Response<Body> {
+        tracing::warn!(request_id, error = %crate::error::chain(&e), "login failed at the identity provider");
+        let (status, result, explanation) = match &e {
+            IdpError::Rejected { .. } => (
+                StatusCode::BAD_GATEWAY,
+                LoginResult::Rejected,
+                "The identity provider refused to complete the sign-in.",
+            ),
+            IdpError::Timeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                LoginResult::IdpError,
+                "The identity provider did not answer in time.",
+            ),
+            IdpError::ServerError { .. }
+            | IdpError::Unreachable { .. }
+            | IdpError::InvalidResponse { .. } => (
+                StatusCode::BAD_GATEWAY,
+                LoginResult::IdpError,
+                "The identity provider could not be reached or gave an unusable answer.",
+            ),
+        };
+        self.metrics.login(result);
+        let (code, message) = match &e {
+            IdpError::Rejected { code, message, .. } => (code.as_deref(), message.as_deref()),
+            _ => (None, None),
+        };
+        ErrorPage {
+            status,
+            title: "Sign-in failed",
+            explanation,
+            idp_code: code,
+            idp_message: message,
+            request_id,
+        }
+        .render()
+    }
+
+    fn identity(&self, claims: &Value) -> Identity {
+        Identity {
+            user: claim_text(claims, &self.user_claim),
+            email: claim_text(claims, &self.email_claim),
+            claim_headers: self
+                .claims
+                .iter()
+                .filter_map(|(name, pointer)| Some((name.clone(), claim_text(claims, pointer)?)))
+                .collect(),
+        }
+    }
+
+    /// Ends the session on the server and clears the cookies, then returns
+    /// the browser to `rd` (when safe) or `/`.
+    pub async fn sign_out(&self, headers: &HeaderMap, rd: Option<&str>) -> Response<Body> {
+        if let Some(id) = self.cookies.session_id(headers) {
+            self.store.remove(&id).await;
+            self.metrics.sessions_active.set(self.store.count() as i64);
+        }
+        let target = rd
+            .and_then(|rd| redirect::safe_return(rd, &self.allowed_domains))
+            .unwrap_or_else(|| "/".to_string());
+        let mut resp = redirect(&target);
+        resp.headers_mut()
+            .append(header::SET_COOKIE, self.cookies.clear_session());
+        resp.headers_mut()
+            .append(header::SET_COOKIE, self.cookies.clear_login());
+        resp
+    }
+
+    /// Sessions held now.
+    pub fn sessions_active(&self) -> u64 {
+        self.store.count()
+    }
+}
+
+/// The `rd` query parameter of a request.
+pub fn rd_param(uri: &Uri) -> Option<String> {
+    query_param(uri, "rd")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn claims_become_header_text() {
+        let c = json!({"sub": "u1", "n": 7, "ok": true, "groups": ["a", "b"], "obj": {"x": 1}, "nl": "a\nb"});
+        assert_eq!(claim_text(&c, "/sub").unwrap(), "u1");
+        assert_eq!(claim_text(&c, "/n").unwrap(), "7");
+        assert_eq!(claim_text(&c, "/ok").unwrap(), "true");
+        assert_eq!(claim_text(&c, "/groups").unwrap(), "a,b");
+        assert!(claim_text(&c, "/obj").is_none());
+        assert!(claim_text(&c, "/missing").is_none());
+        // A value that cannot be a header is left out, not sent broken.
+        assert!(claim_text(&c, "/nl").is_none());
+    }
+
+    #[test]
+    fn browser_navigations_are_told_apart_from_api_calls() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html,application/xhtml+xml"),
+        );
+        assert!(is_browser_navigation(&Method::GET, &h));
+        assert!(!is_browser_navigation(&Method::POST, &h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        assert!(!is_browser_navigation(&Method::GET, &h));
+        assert!(!is_browser_navigation(&Method::GET, &HeaderMap::new()));
+    }
+}
