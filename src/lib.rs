@@ -21,6 +21,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod mock_emp;

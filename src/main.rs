@@ -2,6 +2,7 @@
 //! the configuration (exit 2 with every problem, naming its key), sets up
 //! logging, binds the listeners and serves until SIGTERM or SIGINT.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::net::TcpListener;
 
 use emp_sidecar::config::{Config, Problems};
 use emp_sidecar::metrics::Metrics;
+use emp_sidecar::mock_emp::{MockEmp, MockOptions};
 use emp_sidecar::server::{self, Listeners};
 use emp_sidecar::telemetry;
 
@@ -41,31 +43,117 @@ struct Cli {
 enum Command {
     /// Validate the configuration: exit 0, or print every problem and exit 2.
     CheckConfig,
+    /// Run the sidecar, a mock EMP and a demo app in one process, no set-up.
+    Demo {
+        /// Where the sidecar listens.
+        #[arg(long, default_value = "127.0.0.1:4180")]
+        listen: SocketAddr,
+    },
+    /// Run the mock EMP alone (local development without LG credentials).
+    MockEmp {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The EMP app key it accepts.
+        #[arg(long, default_value = "demo-app-key")]
+        client_id: String,
+        /// Lifetime of the access tokens it issues, e.g. "3600s", "2m".
+        #[arg(long, default_value = "3600s", value_parser = humantime::parse_duration)]
+        token_lifetime: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match load(&cli.config) {
-        Ok(c) => c,
+    match cli.command {
+        Some(Command::Demo { listen }) => return exit(demo(listen)),
+        Some(Command::MockEmp {
+            listen,
+            client_id,
+            token_lifetime,
+        }) => {
+            let options = MockOptions {
+                client_id,
+                token_lifetime,
+            };
+            return exit(mock_emp(listen, options));
+        }
+        Some(Command::CheckConfig) | None => {}
+    }
+    let loaded = match load(&cli.config) {
+        Ok(loaded) => loaded,
         Err(problems) => {
             eprintln!("invalid configuration ({}):", cli.config.display());
             eprint!("{problems}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match cli.command {
-        Some(Command::CheckConfig) => {
-            println!("configuration OK ({})", cli.config.display());
-            ExitCode::SUCCESS
-        }
-        None => match serve(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("emp-sidecar: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+    if let Some(Command::CheckConfig) = cli.command {
+        println!("configuration OK ({})", cli.config.display());
+        return ExitCode::SUCCESS;
     }
+    exit(serve(loaded))
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("emp-sidecar: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // This runtime accepts connections and waits for signals (and, in the
+    // demo, runs the mock EMP and the app); the workers that serve requests
+    // run their own (see `server::run`).
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn mock_emp(listen: SocketAddr, options: MockOptions) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("--listen: cannot listen on {listen}"))?;
+        let client_id = options.client_id.clone();
+        let emp = MockEmp::start(listener, options)?;
+        println!(
+            "mock EMP listening on {} (client_id {client_id})",
+            emp.base_url()
+        );
+        shutdown_signal().await;
+        Ok(())
+    })
+}
+
+fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let (emp, app) = emp_sidecar::demo::start_parts().await?;
+        let config = emp_sidecar::demo::config(listen, &emp.base_url(), app)
+            .map_err(|p| anyhow::anyhow!("demo configuration: {p}"))?;
+        telemetry::init(&config.log);
+        let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+        let prepared = server::prepare(&config, metrics.clone())
+            .map_err(|p| anyhow::anyhow!("demo configuration: {p}"))?;
+        let main = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("--listen: cannot listen on {listen}"))?;
+        println!("mock EMP on {}, demo app on http://{app}", emp.base_url());
+        println!(
+            "Open {} in your browser",
+            emp_sidecar::demo::public_url(main.local_addr()?)
+        );
+        let listeners = Listeners {
+            main,
+            metrics: None,
+        };
+        server::run(config, prepared, listeners, metrics, shutdown_signal()).await;
+        Ok(())
+    })
 }
 
 /// Loads the file and builds what depends on it (TLS, upstream client), so
@@ -86,13 +174,7 @@ fn load(path: &std::path::Path) -> Result<(Config, server::Prepared, Arc<Metrics
 fn serve(
     (config, prepared, metrics): (Config, server::Prepared, Arc<Metrics>),
 ) -> anyhow::Result<()> {
-    // This runtime only accepts connections and waits for signals; the
-    // workers that serve requests run their own (see `server::run`).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
         telemetry::init(&config.log);
         let main = TcpListener::bind(config.server.listen)
             .await

@@ -14,7 +14,7 @@ const MB: u64 = 1024 * 1024;
 
 fn write_config(dir: &std::path::Path, conf: &Conf) -> std::path::PathBuf {
     let path = dir.join("config.toml");
-    std::fs::write(&path, conf.toml()).unwrap();
+    std::fs::write(&path, conf.toml().replace("{SIDECAR}", "127.0.0.1:4180")).unwrap();
     path
 }
 

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -31,6 +32,9 @@ pub struct Conf {
     headers: Vec<String>,
     claims: Vec<String>,
     log: Vec<String>,
+    provider: Vec<String>,
+    session: Vec<String>,
+    token: Vec<String>,
 }
 
 impl Conf {
@@ -43,7 +47,35 @@ impl Conf {
             headers: Vec::new(),
             claims: Vec::new(),
             log: Vec::new(),
+            provider: vec![
+                "base_url = \"http://127.0.0.1:9\"".into(),
+                "client_id = \"demo-app-key\"".into(),
+                "redirect_url = \"http://{SIDECAR}/oauth2/callback\"".into(),
+            ],
+            session: vec![
+                format!("cookie_secret = {COOKIE_SECRET:?}"),
+                "cookie_secure = false".into(),
+            ],
+            token: Vec::new(),
         }
+    }
+    /// Logs in with `emp` (its base URL, app key `demo-app-key`, `/profile` on).
+    pub fn emp(self, base_url: &str) -> Self {
+        self.provider(&format!("base_url = {base_url:?}"))
+            .provider("profile = true")
+            .claim("\"X-Auth-Request-User\" = \"/sub\"")
+    }
+    pub fn provider(mut self, line: &str) -> Self {
+        set(&mut self.provider, line);
+        self
+    }
+    pub fn session(mut self, line: &str) -> Self {
+        set(&mut self.session, line);
+        self
+    }
+    pub fn token(mut self, line: &str) -> Self {
+        set(&mut self.token, line);
+        self
     }
     pub fn server(mut self, line: &str) -> Self {
         set(&mut self.server, line);
@@ -67,21 +99,9 @@ impl Conf {
             section("server", &self.server),
             section("upstream", &self.upstream),
             section("log", &self.log),
-            section(
-                "provider",
-                &[
-                    "base_url = \"http://127.0.0.1:9\"".into(),
-                    "client_id = \"test-app\"".into(),
-                    "redirect_url = \"http://127.0.0.1:4180/oauth2/callback\"".into(),
-                ],
-            ),
-            section(
-                "session",
-                &[
-                    format!("cookie_secret = {COOKIE_SECRET:?}"),
-                    "cookie_secure = false".into(),
-                ],
-            ),
+            section("provider", &self.provider),
+            section("session", &self.session),
+            section("token", &self.token),
             section("routes", &self.routes),
             section("headers", &self.headers),
             section("headers.claims", &self.claims),
@@ -106,16 +126,19 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// Starts on 127.0.0.1:0; `{SIDECAR}` in the configuration stands for
+    /// the address it got.
     pub async fn start(conf: &Conf) -> Sidecar {
-        let config = Config::from_toml_str(&conf.toml()).expect("test config is valid");
+        let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = main.local_addr().unwrap();
+        let toml = conf.toml().replace("{SIDECAR}", &addr.to_string());
+        let config = Config::from_toml_str(&toml).expect("test config is valid");
         let metrics = Arc::new(Metrics::new().unwrap());
         let prepared = server::prepare(&config, metrics.clone()).expect("test config prepares");
-        let main = TcpListener::bind(config.server.listen).await.unwrap();
         let metrics_listener = match config.server.metrics_listen {
             Some(a) => Some(TcpListener::bind(a).await.unwrap()),
             None => None,
         };
-        let addr = main.local_addr().unwrap();
         let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let listeners = Listeners {
@@ -269,6 +292,21 @@ impl Drop for Process {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Writes `conf` for the binary, on a free port chosen now (`{SIDECAR}`
+/// becomes that address).
+pub fn write_binary_config(dir: &Path, conf: &Conf) -> std::path::PathBuf {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let conf = conf.clone().server(&format!("listen = {addr:?}"));
+    let path = dir.join("config.toml");
+    std::fs::write(&path, conf.toml().replace("{SIDECAR}", &addr)).unwrap();
+    path
 }
 
 /// Runs `emp-sidecar check-config` with the given file and environment.
