@@ -90,7 +90,7 @@ async fn full_login_speaks_emps_wire_format_and_returns_to_the_original_url() {
 
     // 1. Unauthenticated navigation: 302 to EMP's authorize with exactly
     //    response_type, client_id, redirect_uri (encoded) and state.
-    let authorize = b.to_login_page(&start).await;
+    let authorize = b.open_login_page(&start).await;
     let url = url::Url::parse(&authorize).unwrap();
     assert_eq!(url.path(), "/authorize");
     let q: Vec<(String, String)> = url.query_pairs().into_owned().collect();
@@ -190,7 +190,10 @@ async fn full_login_speaks_emps_wire_format_and_returns_to_the_original_url() {
     assert_eq!(echo["uri"], "/app/echo?x=1&y=two%20words");
     let token = bearer(&echo);
     assert!(w.emp.access_token_valid(&token));
-    assert_eq!(seen(&echo, "x-forwarded-access-token"), [token.clone()]);
+    assert_eq!(
+        seen(&echo, "x-forwarded-access-token"),
+        std::slice::from_ref(&token)
+    );
     assert_eq!(seen(&echo, "x-auth-request-user"), ["alice"]);
     assert!(
         seen(&echo, "cookie")
@@ -425,51 +428,63 @@ async fn an_idp_outage_keeps_sessions_on_their_token_then_answers_503() {
 #[tokio::test]
 async fn idp_errors_show_an_escaped_page_naming_the_emp_code_and_message() {
     let w = world(Duration::from_secs(3600), |c| c).await;
-    let cases: Vec<(&str, Option<(u16, &str)>, u16, Vec<&str>)> = vec![
-        (
-            "alice",
-            Some((400, "App_id Fail")),
-            502,
-            vec!["App_id Fail"],
-        ),
-        (
-            "alice",
-            Some((
+    /// A user logs in; the token endpoint answers `queued` (or as the mock
+    /// does for that user); the 502 page must show `expected`.
+    struct Case {
+        user: &'static str,
+        queued: Option<(u16, &'static str)>,
+        expected: &'static [&'static str],
+    }
+    let cases = [
+        Case {
+            user: "alice",
+            queued: Some((400, "App_id Fail")),
+            expected: &["App_id Fail"],
+        },
+        Case {
+            user: "alice",
+            queued: Some((
                 400,
                 r#"{"code":"LG.OAUTH.EC.4001","message":"OAuth2 processing error"}"#,
             )),
-            502,
-            vec!["LG.OAUTH.EC.4001", "OAuth2 processing error"],
-        ),
-        (
-            "alice",
-            Some((
+            expected: &["LG.OAUTH.EC.4001", "OAuth2 processing error"],
+        },
+        Case {
+            user: "alice",
+            queued: Some((
                 400,
                 r#"{"error":"Mismatching Redirect URI","message":"<script>alert(1)</script>"}"#,
             )),
-            502,
-            vec![
+            expected: &[
                 "Mismatching Redirect URI",
                 "&lt;script&gt;alert(1)&lt;/script&gt;",
             ],
-        ),
-        (
-            "country-blocked",
-            None,
-            502,
-            vec!["not currently supported in your country"],
-        ),
-        ("no-agreement", None, 502, vec!["third party agreement"]),
-        (
-            "alice",
-            Some((503, "busy")),
-            502,
-            vec!["could not be reached"],
-        ),
+        },
+        Case {
+            user: "country-blocked",
+            queued: None,
+            expected: &["not currently supported in your country"],
+        },
+        Case {
+            user: "no-agreement",
+            queued: None,
+            expected: &["third party agreement"],
+        },
+        Case {
+            user: "alice",
+            queued: Some((503, "busy")),
+            expected: &["could not be reached"],
+        },
     ];
-    for (user, queued, status, expected) in cases {
+    for Case {
+        user,
+        queued,
+        expected,
+    } in cases
+    {
+        let status = 502;
         let mut b = Browser::new();
-        let authorize = b.to_login_page(&w.sc.url("/app")).await;
+        let authorize = b.open_login_page(&w.sc.url("/app")).await;
         let callback = b.submit_login(&authorize, user).await;
         if let Some((s, body)) = queued {
             w.emp.queue_token_error(s, body);
@@ -494,7 +509,7 @@ async fn idp_errors_show_an_escaped_page_naming_the_emp_code_and_message() {
     }
     // The user refused at the IdP: the callback carries an error instead of a code.
     let mut b = Browser::new();
-    let authorize = b.to_login_page(&w.sc.url("/app")).await;
+    let authorize = b.open_login_page(&w.sc.url("/app")).await;
     let state = url::Url::parse(&authorize)
         .unwrap()
         .query_pairs()
@@ -523,7 +538,7 @@ async fn idp_errors_show_an_escaped_page_naming_the_emp_code_and_message() {
 async fn login_during_an_idp_outage_is_a_clear_502() {
     let w = world(Duration::from_secs(3600), |c| c).await;
     let mut b = Browser::new();
-    let authorize = b.to_login_page(&w.sc.url("/app")).await;
+    let authorize = b.open_login_page(&w.sc.url("/app")).await;
     let callback = b.submit_login(&authorize, "alice").await;
     w.emp.set_down(true);
     let resp = b.get(&callback).await;
@@ -536,7 +551,7 @@ async fn state_mismatch_replay_and_missing_login_cookie_are_403() {
     let w = world(Duration::from_secs(3600), |c| c).await;
     // Replay: the same callback URL twice.
     let mut b = Browser::new();
-    let authorize = b.to_login_page(&w.sc.url("/app")).await;
+    let authorize = b.open_login_page(&w.sc.url("/app")).await;
     let callback = b.submit_login(&authorize, "alice").await;
     let login_cookie = b.cookies["_emp_sidecar_csrf"].clone();
     assert_eq!(b.get(&callback).await.status(), 302);
@@ -550,9 +565,9 @@ async fn state_mismatch_replay_and_missing_login_cookie_are_403() {
 
     // Another browser's callback (its state), with this browser's login cookie.
     let mut victim = Browser::new();
-    let authorize = victim.to_login_page(&w.sc.url("/app")).await;
+    let authorize = victim.open_login_page(&w.sc.url("/app")).await;
     let mut attacker = Browser::new();
-    let attacker_authorize = attacker.to_login_page(&w.sc.url("/app")).await;
+    let attacker_authorize = attacker.open_login_page(&w.sc.url("/app")).await;
     let attacker_callback = attacker.submit_login(&attacker_authorize, "mallory").await;
     assert_eq!(
         victim.get(&attacker_callback).await.status(),

@@ -82,7 +82,7 @@ impl Browser {
 
     /// From a protected page to the IdP's login form: returns the authorize
     /// URL the sidecar sent the browser to.
-    pub async fn to_login_page(&mut self, url: &str) -> String {
+    pub async fn open_login_page(&mut self, url: &str) -> String {
         let resp = self.get(url).await;
         let authorize = Self::location(&resp);
         let page = self.get(&authorize).await;
@@ -114,7 +114,7 @@ impl Browser {
     /// The whole login for `user`, starting at `url`; returns the response
     /// to the callback (normally a redirect back to `url`).
     pub async fn login(&mut self, url: &str, user: &str) -> Response {
-        let authorize = self.to_login_page(url).await;
+        let authorize = self.open_login_page(url).await;
         let callback = self.submit_login(&authorize, user).await;
         self.get(&callback).await
     }
