@@ -6,6 +6,8 @@ answers a fixed 100-byte body):
   direct   the upstream itself
   nginx    nginx proxy_pass with upstream keepalive (its best configuration)
   sidecar  emp-sidecar on a skip-auth route (no login needed)
+  sidecar-auth  emp-sidecar on a protected route with a valid session (logged in
+           through `emp-sidecar mock-emp` before the run; the cookie is sent by wrk)
 
 Load: wrk (Debian), 2 threads, 16 and 128 connections. Each (target, connections)
 pair runs ROUNDS times, interleaved, and the median is reported, because this
@@ -88,9 +90,10 @@ def parse_latency(text):
     return float(m.group(1)) * LAT_UNITS[m.group(2)]
 
 
-def wrk(url, conns, duration):
+def wrk(url, conns, duration, headers=()):
+    extra = [a for h in headers for a in ("-H", h)]
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", url],
+        ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", *extra, url],
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = parse_latency(re.search(r"\s50%\s+(\S+)", out).group(1))
@@ -100,6 +103,39 @@ def wrk(url, conns, duration):
     if errors or socket_errors:
         raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99}
+
+
+def http(method, url, headers=None, body=None):
+    """One request, no redirect following: (status, headers as list of pairs)."""
+    import http.client
+    import urllib.parse
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    path = u.path + ("?" + u.query if u.query else "")
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp.status, resp.getheaders()
+
+
+def login(sidecar, user="bench"):
+    """The browser's login dance against the mock EMP; returns the Cookie header."""
+    import urllib.parse
+    status, h = http("GET", sidecar + "/app", {"Accept": "text/html"})
+    assert status == 302, status
+    authorize = {k.lower(): v for k, v in h}["location"]
+    csrf = [v.split(";")[0] for k, v in h if k.lower() == "set-cookie"][0]
+    q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(authorize).query))
+    mock = authorize.split("/authorize")[0]
+    form = urllib.parse.urlencode({"client_id": q["client_id"], "redirect_uri": q["redirect_uri"],
+                                   "state": q["state"], "user_id": user})
+    status, h = http("POST", mock + "/login", {"Content-Type": "application/x-www-form-urlencoded"}, form)
+    assert status == 302, status
+    status, h = http("GET", {k.lower(): v for k, v in h}["location"], {"Cookie": csrf})
+    assert status == 302, status
+    session = [v.split(";")[0] for k, v in h if k.lower() == "set-cookie" and not v.startswith(csrf.split("=")[0])]
+    return session[0]
 
 
 def rss_kib(pid):
@@ -124,7 +160,11 @@ def main():
     tmp = tempfile.mkdtemp(prefix="emp-bench-")
     procs = []
     try:
-        up_port, ngx_port, sc_port = free_port(), free_port(), free_port()
+        up_port, ngx_port, sc_port, emp_port = free_port(), free_port(), free_port(), free_port()
+        emp = subprocess.Popen([str(binary), "mock-emp", "--listen", f"127.0.0.1:{emp_port}",
+                                "--token-lifetime", "3600s"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        procs.append((emp, signal.SIGTERM))
         up = start_nginx(nginx_conf(tmp, "upstream", f"""
     server {{
         listen 127.0.0.1:{up_port} backlog=4096;
@@ -158,9 +198,13 @@ format = "json"
 [upstream]
 url = "http://127.0.0.1:{up_port}"
 [provider]
-base_url = "http://127.0.0.1:9"
-client_id = "bench"
+base_url = "http://127.0.0.1:{emp_port}"
+client_id = "demo-app-key"
 redirect_url = "http://127.0.0.1:{sc_port}/oauth2/callback"
+profile = true
+[headers.claims]
+"X-Auth-Request-User" = "/sub"
+"X-Auth-Request-Email" = "/email"
 [session]
 cookie_secret = "YmVuY2gtb25seS1jb29raWUtc2VjcmV0LTMyLWJ5dGVz"
 [routes]
@@ -170,25 +214,30 @@ skip_auth = ["^/public/"]
         sc = subprocess.Popen([str(binary), "--config", str(sc_conf)], stdout=sc_log,
                               stderr=subprocess.STDOUT)
         procs.append((sc, signal.SIGTERM))
-        for p in (up_port, ngx_port, sc_port):
+        for p in (up_port, ngx_port, sc_port, emp_port):
             wait_port(p)
+        cookie = login(f"http://127.0.0.1:{sc_port}")
 
         targets = {
             "direct": f"http://127.0.0.1:{up_port}/public/bench",
             "nginx": f"http://127.0.0.1:{ngx_port}/public/bench",
             "sidecar": f"http://127.0.0.1:{sc_port}/public/bench",
+            "sidecar-auth": f"http://127.0.0.1:{sc_port}/app/bench",
         }
-        for url in targets.values():  # warm-up: pools, caches, page faults
-            wrk(url, 16, 2)
+        headers = {"sidecar-auth": [f"Cookie: {cookie}"]}
+        for t, url in targets.items():  # warm-up: pools, caches, page faults
+            wrk(url, 16, 2, headers.get(t, ()))
         samples = {(t, c): [] for t in targets for c in conns_list}
         for r in range(args.rounds):
             for c in conns_list:
                 for t, url in targets.items():
-                    res = wrk(url, c, args.duration)
+                    res = wrk(url, c, args.duration, headers.get(t, ()))
                     samples[(t, c)].append(res)
                     print(f"round {r + 1} c={c:<4} {t:<8} {res['rps']:>10.0f} req/s "
                           f"p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms", file=sys.stderr)
         sidecar_rss = rss_kib(sc.pid)
+        # Every sidecar-auth request must have been authenticated: the login
+        # counter says one login, and no 401 was seen (wrk fails on non-2xx).
 
         def med(t, c, k):
             return statistics.median(s[k] for s in samples[(t, c)])
@@ -206,16 +255,20 @@ skip_auth = ["^/public/"]
                 result["rows"].append(row)
                 lines.append(f"| {c} | {t} | {row['rps']:.0f} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} |")
         lines.append("")
-        lines.append("| connections | sidecar/nginx req/s | sidecar/nginx p99 | sidecar/direct req/s |")
-        lines.append("|---|---:|---:|---:|")
+        lines.append("| connections | sidecar/nginx req/s | sidecar/nginx p99 | sidecar/direct req/s "
+                     "| auth/no-login req/s | auth/nginx req/s |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
         for c in conns_list:
             ratio = {"connections": c,
                      "rps_vs_nginx": med("sidecar", c, "rps") / med("nginx", c, "rps"),
                      "p99_vs_nginx": med("sidecar", c, "p99_ms") / med("nginx", c, "p99_ms"),
-                     "rps_vs_direct": med("sidecar", c, "rps") / med("direct", c, "rps")}
+                     "rps_vs_direct": med("sidecar", c, "rps") / med("direct", c, "rps"),
+                     "auth_vs_public": med("sidecar-auth", c, "rps") / med("sidecar", c, "rps"),
+                     "auth_vs_nginx": med("sidecar-auth", c, "rps") / med("nginx", c, "rps")}
             result.setdefault("ratios", []).append(ratio)
             lines.append(f"| {c} | {ratio['rps_vs_nginx']:.2f} | {ratio['p99_vs_nginx']:.2f} | "
-                         f"{ratio['rps_vs_direct']:.2f} |")
+                         f"{ratio['rps_vs_direct']:.2f} | {ratio['auth_vs_public']:.2f} | "
+                         f"{ratio['auth_vs_nginx']:.2f} |")
         lines.append("")
         lines.append(f"sidecar RSS after the run: {sidecar_rss / 1024:.1f} MiB")
         out_dir = ROOT / "benches/results"

@@ -163,6 +163,17 @@ impl MockEmp {
         self.shared.state().refresh_tokens.clear();
     }
 
+    /// Every code, access token and refresh token issued so far.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let st = self.shared.state();
+        st.codes
+            .keys()
+            .chain(st.access_tokens.keys())
+            .chain(st.refresh_tokens.keys())
+            .cloned()
+            .collect()
+    }
+
     /// Whether `token` is an access token this mock issued and that has not expired.
     pub fn access_token_valid(&self, token: &str) -> bool {
         self.shared
