@@ -251,3 +251,92 @@ async fn one_json_access_log_line_per_request_without_the_query() {
         "the query string reached the log"
     );
 }
+
+#[test]
+fn the_example_config_toml_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let (code, out) = check_config(&path, &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Runs a command of the binary that prints a line containing `marker`,
+/// waits (bounded) for it, and returns the child and that line.
+fn spawn_until(args: &[&str], marker: &str) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(support::binary())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = marker.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains(&wanted) {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(line) => (child, line),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{args:?} never printed {marker:?}");
+        }
+    }
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_its_url_and_logs_a_user_in_to_the_app() {
+    let addr = free_addr();
+    let (mut child, line) = spawn_until(&["demo", "--listen", &addr], "in your browser");
+    assert_eq!(line, format!("Open http://{addr}/ in your browser"));
+    let mut b = support::browser::Browser::new();
+    let resp = b.login(&format!("http://{addr}/"), "demo-user").await;
+    assert_eq!(support::browser::Browser::location(&resp), "/");
+    let page = b.get(&format!("http://{addr}/")).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"<span id="user">demo-user</span>"#),
+        "{html}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_emp_command_serves_the_login_form() {
+    let addr = free_addr();
+    let (mut child, line) = spawn_until(
+        &["mock-emp", "--listen", &addr, "--client-id", "app-1"],
+        "listening",
+    );
+    assert!(line.contains(&addr), "{line}");
+    let url = format!(
+        "http://{addr}/authorize?response_type=code&client_id=app-1&redirect_uri=http%3A%2F%2Fapp%2Fcb&state=s1"
+    );
+    let resp = http_client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    assert!(html.contains(r#"<form method="post" action="/login">"#));
+    assert!(html.contains(r#"name="user_id""#));
+    // A wrong app key is refused as EMP documents it.
+    let resp = http_client()
+        .get(url.replace("app-1", "app-2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("app_id is incorrect"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -171,10 +171,8 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 
 /// Removes the sidecar's own cookies (`name` and `name_*`, e.g. the CSRF
 /// cookie) from every `Cookie` header; drops the header when nothing is left.
+/// Requests that carry none of them are left untouched (no rebuilding).
 pub fn strip_own_cookies(headers: &mut HeaderMap, cookie_name: &str) {
-    if !headers.contains_key(header::COOKIE) {
-        return;
-    }
     let is_own = |pair: &str| {
         let name = pair.split('=').next().unwrap_or("").trim();
         name == cookie_name
@@ -182,13 +180,22 @@ pub fn strip_own_cookies(headers: &mut HeaderMap, cookie_name: &str) {
                 .strip_prefix(cookie_name)
                 .is_some_and(|rest| rest.starts_with('_'))
     };
+    let any_own = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .any(is_own);
+    if !any_own {
+        return;
+    }
     let kept: Vec<String> = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|pair| !pair.is_empty() && !is_own(pair))
+        .filter(|p| !p.is_empty() && !is_own(p))
         .map(String::from)
         .collect();
     headers.remove(header::COOKIE);

@@ -21,7 +21,8 @@ type HmacSha256 = Hmac<Sha256>;
 pub const LOGIN_COOKIE_TTL: Duration = Duration::from_secs(600);
 
 pub struct Cookies {
-    secrets: Vec<Secret>,
+    /// One HMAC per secret, keyed once; cloned for each use.
+    keys: Vec<HmacSha256>,
     pub session_name: String,
     pub login_name: String,
     secure: bool,
@@ -30,8 +31,12 @@ pub struct Cookies {
 
 impl Cookies {
     pub fn new(secrets: Vec<Secret>, name: &str, secure: bool, lifetime: Duration) -> Self {
+        let keys = secrets
+            .iter()
+            .filter_map(|s| <HmacSha256 as KeyInit>::new_from_slice(s.expose()).ok())
+            .collect();
         Self {
-            secrets,
+            keys,
             session_name: name.to_string(),
             login_name: format!("{name}_csrf"),
             secure,
@@ -39,20 +44,19 @@ impl Cookies {
         }
     }
 
-    fn mac(secret: &Secret, name: &str, value: &str) -> Option<HmacSha256> {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret.expose()).ok()?;
+    fn mac(key: &HmacSha256, name: &str, value: &str) -> HmacSha256 {
+        let mut mac = key.clone();
         mac.update(name.as_bytes());
         mac.update(b"=");
         mac.update(value.as_bytes());
-        Some(mac)
+        mac
     }
 
     fn sign(&self, name: &str, value: &str) -> String {
         let tag = self
-            .secrets
+            .keys
             .first()
-            .and_then(|s| Self::mac(s, name, value))
-            .map(|m| URL_SAFE_NO_PAD.encode(m.finalize().into_bytes()))
+            .map(|k| URL_SAFE_NO_PAD.encode(Self::mac(k, name, value).finalize().into_bytes()))
             .unwrap_or_default();
         format!("{value}.{tag}")
     }
@@ -72,9 +76,10 @@ impl Cookies {
                 let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else {
                     continue;
                 };
-                let valid = self.secrets.iter().any(|s| {
-                    Self::mac(s, name, value).is_some_and(|m| m.verify_slice(&tag).is_ok())
-                });
+                let valid = self
+                    .keys
+                    .iter()
+                    .any(|k| Self::mac(k, name, value).verify_slice(&tag).is_ok());
                 if valid {
                     return Some(value.to_string());
                 }
