@@ -428,6 +428,21 @@ pub fn rd_param(uri: &Uri) -> Option<String> {
     query_param(uri, "rd")
 }
 
+static X_AUTH_REQUEST_REDIRECT: HeaderName = HeaderName::from_static("x-auth-request-redirect");
+
+/// Where `/oauth2/start` should return to: `X-Auth-Request-Redirect` when a
+/// proxy in front set it (nginx passes `$request_uri` there, which keeps the
+/// whole query; `rd=$request_uri` cannot, as nginx does not escape it), else
+/// `rd`. Either is checked by [`redirect::safe_return`] before use.
+pub fn start_return_to(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(&X_AUTH_REQUEST_REDIRECT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(String::from)
+        .or_else(|| rd_param(uri))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

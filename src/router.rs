@@ -138,7 +138,7 @@ impl App {
         }
     }
 
-    pub async fn handle(&self, conn: &Conn, mut req: Request<Incoming>) -> Response<Recorded> {
+    pub async fn handle(&self, conn: &Conn, req: Request<Incoming>) -> Response<Recorded> {
         let start = Instant::now();
         self.metrics.in_flight.inc();
         conn.activity.request_started();
@@ -155,10 +155,6 @@ impl App {
             metrics: self.metrics.clone(),
             conn: Some(conn.activity.clone()),
         };
-        // Identity headers are the proxy's to set: no route ever passes on
-        // the client's.
-        self.upstream.strip_spoofable(req.headers_mut());
-
         let result = if head_size(&req) > self.config.server.max_header_bytes {
             Err(ProxyError::HeadersTooLarge)
         } else {
@@ -190,9 +186,14 @@ impl App {
         &self,
         route: Route,
         conn: &Conn,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         request_id: &HeaderValue,
     ) -> Result<(Response<Body>, Option<Duration>), ProxyError> {
+        if matches!(route, Route::Public | Route::Protected) {
+            // Identity headers are the proxy's to set: the upstream never
+            // gets the client's, whatever the route.
+            self.upstream.strip_spoofable(req.headers_mut());
+        }
         let local = |status: StatusCode, content_type: &'static str, body: Body| {
             let mut resp = Response::new(body);
             *resp.status_mut() = status;
@@ -218,7 +219,15 @@ impl App {
             Route::NotFound | Route::OAuth2Other => {
                 local(StatusCode::NOT_FOUND, "text/plain", body::full("not found"))
             }
-            Route::Start => Ok((self.auth.start(auth::rd_param(req.uri()).as_deref()), None)),
+            // Reached by API calls too when nginx turns a 401 from
+            // /oauth2/auth into /oauth2/start: only browsers are sent to log in.
+            Route::Start if !auth::is_browser_navigation(req.method(), req.headers()) => {
+                Err(ProxyError::Unauthenticated)
+            }
+            Route::Start => {
+                let rd = auth::start_return_to(req.uri(), req.headers());
+                Ok((self.auth.start(rd.as_deref()), None))
+            }
             Route::Callback => {
                 let rid = request_id.to_str().unwrap_or_default();
                 Ok((
@@ -247,7 +256,6 @@ impl App {
             },
             Route::Protected => match self.auth.decide(req.headers()).await {
                 Decision::Authenticated { session, tokens } => {
-                    let mut req = req;
                     self.auth.inject(req.headers_mut(), &session, &tokens);
                     self.proxy(conn, req, request_id).await
                 }

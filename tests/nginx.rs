@@ -1,0 +1,187 @@
+//! The shipped nginx site (`deploy/nginx/emp-sidecar.conf`) with a real
+//! nginx: `auth_request` to the sidecar, login through nginx, identity
+//! headers to the app, sign-out, and 401 for API calls. Only the addresses
+//! in the file are changed for the test. `scripts/test` installs Debian's
+//! nginx when it is missing.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use emp_sidecar::mock_emp::{MockEmp, MockOptions};
+use serde_json::Value;
+use support::browser::Browser;
+use support::{Conf, Sidecar, http_client, upstream};
+use tokio::net::TcpListener;
+
+fn nginx_binary() -> PathBuf {
+    for candidate in ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    panic!("nginx is not installed: run ./scripts/test, which installs it");
+}
+
+/// nginx running the shipped site; stopped (by PID) on drop.
+struct Nginx {
+    child: Child,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_nginx(dir: &Path, port: u16, sidecar: &str, app: &str) -> Nginx {
+    let site = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/nginx/emp-sidecar.conf"
+    ))
+    .unwrap();
+    for needle in ["127.0.0.1:4180", "127.0.0.1:8080", "listen 80;"] {
+        assert!(
+            site.contains(needle),
+            "the shipped site no longer has {needle:?}"
+        );
+    }
+    let site = site
+        .replace("127.0.0.1:4180", sidecar)
+        .replace("127.0.0.1:8080", app)
+        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
+    std::fs::write(dir.join("site.conf"), site).unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n access_log {d}/access.log;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             include {d}/site.conf;\n}}\n"
+        ),
+    )
+    .unwrap();
+    let test = Command::new(nginx_binary())
+        .args(["-t", "-c"])
+        .arg(dir.join("nginx.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "nginx -t: {}",
+        String::from_utf8_lossy(&test.stderr)
+    );
+    let child = Command::new(nginx_binary())
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let nginx = Nginx { child };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return nginx;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nginx did not start listening on {port}");
+}
+
+fn seen(echo: &Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == name)
+        .map(|h| h[1].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_through_nginx_auth_request_reaches_the_app_with_identity_headers() {
+    let version = Command::new(nginx_binary()).arg("-v").output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&version.stderr).trim());
+
+    let up = upstream::start(None).await;
+    let emp = MockEmp::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        MockOptions::default(),
+    )
+    .unwrap();
+    let port = free_port();
+    let site = format!("http://127.0.0.1:{port}");
+    let sc = Sidecar::start(
+        &Conf::new(&up.url())
+            .emp(&emp.base_url())
+            .provider(&format!("redirect_url = \"{site}/oauth2/callback\"")),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let _nginx = start_nginx(dir.path(), port, &sc.addr.to_string(), &up.addr.to_string());
+
+    // An API call without a session: 401 through nginx, not a redirect.
+    let resp = http_client()
+        .get(format!("{site}/app/echo"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // A browser: auth_request says 401, error_page sends it to /oauth2/start,
+    // the sidecar to the (mock) EMP; the callback comes back through nginx.
+    let mut b = Browser::new();
+    let start = format!("{site}/app/echo?x=1&y=2");
+    let resp = b.login(&start, "alice").await;
+    // The whole original URI survives (X-Auth-Request-Redirect), query included.
+    assert_eq!(Browser::location(&resp), "/app/echo?x=1&y=2");
+
+    // Signed in: nginx passes the identity the sidecar vouched for, and
+    // overrides what the client claims.
+    let resp = http_client()
+        .get(format!("{site}/app/echo?x=1&y=2"))
+        .header("cookie", b.cookie_header())
+        .header("x-auth-request-user", "mallory")
+        .header("authorization", "Bearer forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["uri"], "/app/echo?x=1&y=2");
+    assert_eq!(seen(&echo, "x-auth-request-user"), ["alice"]);
+    assert_eq!(seen(&echo, "x-auth-request-email"), ["alice@example.com"]);
+    let token = seen(&echo, "x-forwarded-access-token")[0].clone();
+    assert!(emp.access_token_valid(&token));
+    assert_eq!(seen(&echo, "authorization"), [format!("Bearer {token}")]);
+
+    // Sign out through nginx: the session ends; the browser is sent to log in again.
+    let resp = b.get(&format!("{site}/oauth2/sign_out")).await;
+    assert_eq!(Browser::location(&resp), "/");
+    let resp = b.get(&format!("{site}/app/echo")).await;
+    assert!(Browser::location(&resp).starts_with(&format!("{}/authorize?", emp.base_url())));
+    let resp = http_client()
+        .get(format!("{site}/app/echo"))
+        .header("accept", "application/json")
+        .header("cookie", b.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    sc.shutdown().await;
+}
