@@ -202,14 +202,11 @@ impl Auth {
 
     /// `/oauth2/userinfo`: the session's claims.
     pub fn userinfo_response(&self, session: &Session) -> Response<Body> {
-        let mut resp = Response::new(body::full(session.claims.to_string()));
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        resp.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        resp
+        body::response(
+            StatusCode::OK,
+            "application/json",
+            session.claims.to_string(),
+        )
     }
 
     /// Sends the browser to the IdP; afterwards it returns to `rd` (or `/`

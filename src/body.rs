@@ -32,6 +32,26 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
+/// A response the sidecar answers itself: never cached.
+pub fn response(
+    status: http::StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> http::Response<Body> {
+    let mut resp = http::Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
 /// What the access-log line and the metrics need to know about one request.
 pub struct RequestRecord {
     pub start: Instant,

@@ -2,7 +2,7 @@
 //! upstream, or the sidecar itself. One exhaustive `match` turns each into its
 //! status; the body says only what the caller can act on, plus the request id.
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{Response, StatusCode};
 
 use crate::body::{self, Body};
 use crate::metrics::UpstreamErrorKind;
@@ -87,15 +87,7 @@ impl ProxyError {
             "message": self.to_string(),
             "request_id": request_id,
         });
-        let mut resp = Response::new(body::full(body.to_string()));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        resp.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        resp
+        body::response(status, "application/json", body.to_string())
     }
 }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
@@ -194,18 +194,11 @@ impl App {
             // gets the client's, whatever the route.
             self.upstream.strip_spoofable(req.headers_mut());
         }
-        let local = |status: StatusCode, content_type: &'static str, body: Body| {
-            let mut resp = Response::new(body);
-            *resp.status_mut() = status;
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            resp.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            Ok((resp, None))
+        let local = |status, content_type, text: Vec<u8>| {
+            Ok((body::response(status, content_type, text), None))
         };
         match route {
-            Route::Ping => local(StatusCode::OK, "text/plain", body::full("OK")),
-            Route::Ready => local(StatusCode::OK, "text/plain", body::full("OK")),
+            Route::Ping | Route::Ready => local(StatusCode::OK, "text/plain", b"OK".to_vec()),
             Route::Metrics => {
                 self.metrics
                     .sessions_active
@@ -213,11 +206,11 @@ impl App {
                 local(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
-                    body::full(self.metrics.render()),
+                    self.metrics.render(),
                 )
             }
             Route::NotFound | Route::OAuth2Other => {
-                local(StatusCode::NOT_FOUND, "text/plain", body::full("not found"))
+                local(StatusCode::NOT_FOUND, "text/plain", b"not found".to_vec())
             }
             // Reached by API calls too when nginx turns a 401 from
             // /oauth2/auth into /oauth2/start: only browsers are sent to log in.

@@ -24,14 +24,6 @@ impl Drop for Driver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_chromedriver(port: u16) -> Driver {
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
@@ -40,13 +32,11 @@ fn start_chromedriver(port: u16) -> Driver {
         .spawn()
         .expect("chromedriver: run ./scripts/test, which installs chromium-driver");
     let driver = Driver(child);
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return driver;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("chromedriver did not listen on {port}");
+    assert!(
+        support::wait_for_port(port),
+        "chromedriver did not listen on {port}"
+    );
+    driver
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +56,7 @@ async fn a_person_logs_in_with_chromium_and_sees_their_name() {
     .unwrap();
     let sc = Sidecar::start(&Conf::new(&format!("http://{app_addr}")).emp(&emp.base_url())).await;
 
-    let driver_port = free_port();
+    let driver_port = support::free_port();
     let _driver = start_chromedriver(driver_port);
     let profile = tempfile::tempdir().unwrap();
     let mut caps = serde_json::Map::new();

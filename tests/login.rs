@@ -9,7 +9,7 @@ use std::time::Duration;
 use emp_sidecar::mock_emp::{MockEmp, MockOptions};
 use serde_json::Value;
 use support::browser::Browser;
-use support::{Conf, Sidecar, http_client, upstream};
+use support::{Conf, Sidecar, http_client, seen, upstream};
 use tokio::net::TcpListener;
 
 async fn mock(lifetime: Duration) -> MockEmp {
@@ -33,17 +33,6 @@ async fn world(lifetime: Duration, adjust: impl FnOnce(Conf) -> Conf) -> World {
     let emp = mock(lifetime).await;
     let sc = Sidecar::start(&adjust(Conf::new(&up.url()).emp(&emp.base_url()))).await;
     World { emp, sc }
-}
-
-/// What the upstream saw (one header's values).
-fn seen(echo: &Value, name: &str) -> Vec<String> {
-    echo["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h[0] == name)
-        .map(|h| h[1].as_str().unwrap().to_string())
-        .collect()
 }
 
 fn bearer(echo: &Value) -> String {
@@ -72,14 +61,7 @@ async fn api(b: &Browser, url: &str) -> reqwest::Response {
 }
 
 async fn metrics(w: &World) -> String {
-    http_client()
-        .get(w.sc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    support::get_text(&w.sc.url("/metrics")).await
 }
 
 #[tokio::test]

@@ -8,12 +8,11 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use emp_sidecar::mock_emp::{MockEmp, MockOptions};
 use serde_json::Value;
 use support::browser::Browser;
-use support::{Conf, Sidecar, http_client, upstream};
+use support::{Conf, Sidecar, http_client, seen, upstream};
 use tokio::net::TcpListener;
 
 fn nginx_binary() -> PathBuf {
@@ -35,14 +34,6 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_nginx(dir: &Path, port: u16, sidecar: &str, app: &str) -> Nginx {
@@ -93,23 +84,11 @@ fn start_nginx(dir: &Path, port: u16, sidecar: &str, app: &str) -> Nginx {
         .spawn()
         .unwrap();
     let nginx = Nginx { child };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return nginx;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("nginx did not start listening on {port}");
-}
-
-fn seen(echo: &Value, name: &str) -> Vec<String> {
-    echo["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h[0] == name)
-        .map(|h| h[1].as_str().unwrap().to_string())
-        .collect()
+    assert!(
+        support::wait_for_port(port),
+        "nginx did not start listening on {port}"
+    );
+    nginx
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +102,7 @@ async fn login_through_nginx_auth_request_reaches_the_app_with_identity_headers(
         MockOptions::default(),
     )
     .unwrap();
-    let port = free_port();
+    let port = support::free_port();
     let site = format!("http://127.0.0.1:{port}");
     let sc = Sidecar::start(
         &Conf::new(&up.url())

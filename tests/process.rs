@@ -75,23 +75,7 @@ async fn sigterm_during_slow_response_completes_it_and_exits_zero() {
         (resp.status(), resp.text().await.unwrap())
     });
     // Bounded wait until the request is in flight at the sidecar.
-    let client = http_client();
-    let mut in_flight = false;
-    for _ in 0..300 {
-        let m = client
-            .get(sc.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if m.contains("emp_sidecar_http_requests_in_flight 2") {
-            in_flight = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let in_flight = support::wait_in_flight(&sc.url("/metrics"), 2).await;
     assert!(in_flight, "slow request never reached the sidecar");
 
     sc.signal("TERM");

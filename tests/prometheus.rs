@@ -56,30 +56,10 @@ async fn metrics_after_login_and_refresh() -> String {
     let sc = Sidecar::start(&Conf::new(&up.url()).emp(&emp.base_url())).await;
     let mut b = Browser::new();
     assert_eq!(b.login(&sc.url("/app/echo"), "alice").await.status(), 302);
-    for _ in 0..100 {
-        let resp = http_client()
-            .get(sc.url("/app/echo"))
-            .header("cookie", b.cookie_header())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        if emp.refreshes() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(emp.refreshes() > 0, "no refresh happened");
+    support::browse_until_refresh(&sc.url("/app/echo"), &b.cookie_header(), &emp).await;
     // One of each kind of error, so every labelled series has a sample.
     http_client().get(sc.url("/private")).send().await.unwrap();
-    let text = http_client()
-        .get(sc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = support::get_text(&sc.url("/metrics")).await;
     sc.shutdown().await;
     text
 }

@@ -8,20 +8,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use support::{Conf, Sidecar, http_client, upstream};
+use support::{Conf, Sidecar, http_client, seen, upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The headers the upstream saw, by lower-case name (all values).
-fn seen(echo: &Value, name: &str) -> Vec<String> {
-    echo["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h[0] == name)
-        .map(|h| h[1].as_str().unwrap().to_string())
-        .collect()
-}
 
 /// Sends raw bytes and reads until the server closes or `limit` passes.
 async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8], limit: Duration) -> String {
@@ -415,14 +404,7 @@ async fn bad_gateway_when_upstream_refuses() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "bad_gateway");
     assert_eq!(body["request_id"], rid.as_str());
-    let metrics = http_client()
-        .get(sc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::get_text(&sc.url("/metrics")).await;
     assert!(
         metrics.contains(r#"emp_sidecar_upstream_errors_total{kind="connect"} 1"#),
         "{metrics}"
@@ -655,34 +637,9 @@ async fn drain_lets_in_flight_requests_finish() {
     let up = upstream::start(None).await;
     let sc = Sidecar::start(&Conf::new(&up.url())).await;
     let url = sc.url("/public/slow?ms=800");
-    let slow = tokio::spawn(async move {
-        http_client()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let slow = tokio::spawn(async move { support::get_text(&url).await });
     // Wait (bounded) until the slow request is in flight at the sidecar.
-    let client = http_client();
-    let mut in_flight = false;
-    for _ in 0..200 {
-        let m = client
-            .get(sc.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if m.contains("emp_sidecar_http_requests_in_flight 2") {
-            in_flight = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let in_flight = support::wait_in_flight(&sc.url("/metrics"), 2).await;
     assert!(in_flight, "slow request never reached the sidecar");
     let drained = sc.shutdown().await;
     assert!(drained);

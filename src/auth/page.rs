@@ -54,15 +54,8 @@ impl ErrorPage<'_> {
             explanation = escape(self.explanation),
             rid = escape(self.request_id),
         );
-        let mut resp = Response::new(body::full(html));
-        *resp.status_mut() = self.status;
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(
+        let mut resp = body::response(self.status, "text/html; charset=utf-8", html);
+        resp.headers_mut().insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
         );

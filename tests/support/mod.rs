@@ -333,3 +333,86 @@ pub fn http_client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// What the test upstream saw of one header (all values), from its `echo` JSON.
+pub fn seen(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == name)
+        .map(|h| h[1].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (at most 5 s) until something accepts connections on `port`.
+pub fn wait_for_port(port: u16) -> bool {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// GET `url` and return its body text.
+pub async fn get_text(url: &str) -> String {
+    http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Polls `/metrics` (at most 3 s) until `n` requests are in flight,
+/// counting the scrape itself.
+pub async fn wait_in_flight(metrics_url: &str, n: u32) -> bool {
+    let client = http_client();
+    for _ in 0..300 {
+        let m = client
+            .get(metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains(&format!("emp_sidecar_http_requests_in_flight {n}")) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Sends authenticated requests to `url` (at most 5 s) until `emp` has
+/// answered a refresh; every request must succeed.
+pub async fn browse_until_refresh(url: &str, cookie: &str, emp: &emp_sidecar::mock_emp::MockEmp) {
+    for _ in 0..100 {
+        let resp = http_client()
+            .get(url)
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        if emp.refreshes() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no refresh happened");
+}
