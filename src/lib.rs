@@ -18,6 +18,9 @@
 //! - [`config`]: figment layers → typed, validated [`config::Config`].
 //! - [`telemetry`]: tracing subscriber set-up.
 
+// Nothing on the request path may panic: no unwrap/expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod auth;
 pub mod body;
 pub mod config;
