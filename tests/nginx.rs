@@ -47,6 +47,40 @@ impl Drop for Nginx {
     }
 }
 
+/// Processes whose parent is `pid` (nginx's workers).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Fields after the ")" that closes the command name: state, ppid, ...
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        if ppid == Some(&pid.to_string()) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !matches!(
+                stat.rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().next()),
+                Some("Z")
+            )
+        })
+        .unwrap_or(false)
+}
+
 fn start_nginx(dir: &Path, port: u16, sidecar: &str, app: &str) -> Nginx {
     let site = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -122,7 +156,9 @@ async fn login_through_nginx_auth_request_reaches_the_app_with_identity_headers(
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let _nginx = start_nginx(dir.path(), port, &sc.addr.to_string(), &up.addr.to_string());
+    let nginx = start_nginx(dir.path(), port, &sc.addr.to_string(), &up.addr.to_string());
+    let workers = children(nginx.child.id());
+    assert!(!workers.is_empty(), "no nginx worker found");
 
     // An API call without a session: 401 through nginx, not a redirect.
     let resp = http_client()
@@ -174,4 +210,17 @@ async fn login_through_nginx_auth_request_reaches_the_app_with_identity_headers(
         .unwrap();
     assert_eq!(resp.status(), 401);
     sc.shutdown().await;
+
+    // Regression: stopping nginx must stop its workers too (a SIGKILL to
+    // the master once left them running after every test run).
+    drop(nginx);
+    let mut gone = false;
+    for _ in 0..200 {
+        if !workers.iter().any(|w| alive(*w)) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(gone, "nginx workers {workers:?} outlived their master");
 }
