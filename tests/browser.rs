@@ -10,7 +10,6 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use emp_sidecar::mock_emp::{MockEmp, MockOptions};
 use fantoccini::{ClientBuilder, Locator};
 use support::{Conf, Sidecar};
 use tokio::net::TcpListener;
@@ -49,11 +48,7 @@ async fn a_person_logs_in_with_chromium_and_sees_their_name() {
     let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app_addr = app.local_addr().unwrap();
     emp_sidecar::demo::start_app(app);
-    let emp = MockEmp::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        MockOptions::default(),
-    )
-    .unwrap();
+    let emp = support::mock_emp(std::time::Duration::from_secs(3600)).await;
     let sc = Sidecar::start(&Conf::new(&format!("http://{app_addr}")).emp(&emp.base_url())).await;
 
     let driver_port = support::free_port();

@@ -6,22 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use emp_sidecar::mock_emp::{MockEmp, MockOptions};
+use emp_sidecar::mock_emp::MockEmp;
 use serde_json::Value;
 use support::browser::Browser;
 use support::{Conf, Sidecar, http_client, seen, upstream};
-use tokio::net::TcpListener;
-
-async fn mock(lifetime: Duration) -> MockEmp {
-    MockEmp::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        MockOptions {
-            token_lifetime: lifetime,
-            ..MockOptions::default()
-        },
-    )
-    .unwrap()
-}
 
 struct World {
     emp: MockEmp,
@@ -30,7 +18,7 @@ struct World {
 
 async fn world(lifetime: Duration, adjust: impl FnOnce(Conf) -> Conf) -> World {
     let up = upstream::start(None).await;
-    let emp = mock(lifetime).await;
+    let emp = support::mock_emp(lifetime).await;
     let sc = Sidecar::start(&adjust(Conf::new(&up.url()).emp(&emp.base_url()))).await;
     World { emp, sc }
 }

@@ -5,24 +5,15 @@ mod support;
 
 use std::time::Duration;
 
-use emp_sidecar::mock_emp::{MockEmp, MockOptions};
 use support::browser::Browser;
 use support::{COOKIE_SECRET, Conf, Process, upstream, write_binary_config};
-use tokio::net::TcpListener;
 
 const CLIENT_SECRET: &str = "client-secret-value-do-not-log";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_code_cookie_or_secret_in_any_log_line() {
     let up = upstream::start(None).await;
-    let emp = MockEmp::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        MockOptions {
-            token_lifetime: Duration::from_secs(2),
-            ..MockOptions::default()
-        },
-    )
-    .unwrap();
+    let emp = support::mock_emp(Duration::from_secs(2)).await;
     let dir = tempfile::tempdir().unwrap();
     let conf = Conf::new(&up.url())
         .emp(&emp.base_url())

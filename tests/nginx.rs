@@ -9,11 +9,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use emp_sidecar::mock_emp::{MockEmp, MockOptions};
 use serde_json::Value;
 use support::browser::Browser;
 use support::{Conf, Sidecar, http_client, seen, upstream};
-use tokio::net::TcpListener;
 
 fn nginx_binary() -> PathBuf {
     for candidate in ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"] {
@@ -142,11 +140,7 @@ async fn login_through_nginx_auth_request_reaches_the_app_with_identity_headers(
     eprintln!("{}", String::from_utf8_lossy(&version.stderr).trim());
 
     let up = upstream::start(None).await;
-    let emp = MockEmp::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        MockOptions::default(),
-    )
-    .unwrap();
+    let emp = support::mock_emp(std::time::Duration::from_secs(3600)).await;
     let port = support::free_port();
     let site = format!("http://127.0.0.1:{port}");
     let sc = Sidecar::start(

@@ -10,10 +10,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use emp_sidecar::mock_emp::{MockEmp, MockOptions};
 use support::browser::Browser;
 use support::{Conf, Sidecar, http_client, upstream};
-use tokio::net::TcpListener;
 
 /// Metric families in an exposition, from its `# TYPE` lines.
 fn families(text: &str) -> BTreeSet<String> {
@@ -45,14 +43,7 @@ fn mentioned(text: &str) -> BTreeSet<String> {
 
 async fn metrics_after_login_and_refresh() -> String {
     let up = upstream::start(None).await;
-    let emp = MockEmp::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        MockOptions {
-            token_lifetime: Duration::from_secs(2),
-            ..MockOptions::default()
-        },
-    )
-    .unwrap();
+    let emp = support::mock_emp(Duration::from_secs(2)).await;
     let sc = Sidecar::start(&Conf::new(&up.url()).emp(&emp.base_url())).await;
     let mut b = Browser::new();
     assert_eq!(b.login(&sc.url("/app/echo"), "alice").await.status(), 302);

@@ -416,3 +416,15 @@ pub async fn browse_until_refresh(url: &str, cookie: &str, emp: &emp_sidecar::mo
     }
     panic!("no refresh happened");
 }
+
+/// A mock EMP on 127.0.0.1:0 issuing tokens that live `token_lifetime`.
+pub async fn mock_emp(token_lifetime: Duration) -> emp_sidecar::mock_emp::MockEmp {
+    emp_sidecar::mock_emp::MockEmp::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        emp_sidecar::mock_emp::MockOptions {
+            token_lifetime,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
