@@ -151,7 +151,15 @@ async fn login_through_nginx_auth_request_reaches_the_app_with_identity_headers(
     .await;
     let dir = tempfile::tempdir().unwrap();
     let nginx = start_nginx(dir.path(), port, &sc.addr.to_string(), &up.addr.to_string());
-    let workers = children(nginx.child.id());
+    // The master listens before it forks its workers: wait (bounded) for them.
+    let mut workers = Vec::new();
+    for _ in 0..200 {
+        workers = children(nginx.child.id());
+        if !workers.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
     assert!(!workers.is_empty(), "no nginx worker found");
 
     // An API call without a session: 401 through nginx, not a redirect.
