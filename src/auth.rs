@@ -339,7 +339,6 @@ impl Auth {
             )
             .await;
         self.metrics.login(LoginResult::Success);
-        self.metrics.sessions_active.set(self.store.count() as i64);
         tracing::info!(request_id, "login succeeded");
         let mut resp = redirect(&pending.return_to);
         resp.headers_mut()
@@ -401,7 +400,6 @@ impl Auth {
     pub async fn sign_out(&self, headers: &HeaderMap, rd: Option<&str>) -> Response<Body> {
         if let Some(id) = self.cookies.session_id(headers) {
             self.store.remove(&id).await;
-            self.metrics.sessions_active.set(self.store.count() as i64);
         }
         let target = rd
             .and_then(|rd| redirect::safe_return(rd, &self.allowed_domains))
@@ -414,7 +412,7 @@ impl Auth {
         resp
     }
 
-    /// Sessions held now.
+    /// Sessions held now; read at each scrape for `emp_sidecar_sessions_active`.
     pub fn sessions_active(&self) -> u64 {
         self.store.count()
     }

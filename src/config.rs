@@ -692,23 +692,25 @@ fn session(l: &mut Loader) -> Option<SessionConfig> {
     })
 }
 
+/// `p` if it is an RFC 6901 JSON Pointer (empty, or starting with `/`).
+fn json_pointer(l: &mut Loader, key: &str, p: String) -> Option<String> {
+    if p.is_empty() || p.starts_with('/') {
+        return Some(p);
+    }
+    l.problem(
+        key,
+        format!("{p:?} is not a JSON Pointer (RFC 6901): it must start with '/'"),
+    );
+    None
+}
+
 fn headers(l: &mut Loader) -> Option<HeadersConfig> {
     let authorization = l.get::<bool>("headers.authorization");
     let access_token = l.get::<bool>("headers.access_token");
-    let mut pointer = |key: &str| {
+    let [user_claim, email_claim] = ["headers.user_claim", "headers.email_claim"].map(|key| {
         let p = l.string(key);
-        if p.is_empty() || p.starts_with('/') {
-            Some(p)
-        } else {
-            l.problem(
-                key,
-                format!("{p:?} is not a JSON Pointer (RFC 6901): it must start with '/'"),
-            );
-            None
-        }
-    };
-    let user_claim = pointer("headers.user_claim");
-    let email_claim = pointer("headers.email_claim");
+        json_pointer(l, key, p)
+    });
     let raw = l
         .get::<std::collections::BTreeMap<String, String>>("headers.claims")
         .unwrap_or_default();
@@ -718,16 +720,9 @@ fn headers(l: &mut Loader) -> Option<HeadersConfig> {
         let key = format!("headers.claims.{name}");
         match HeaderName::from_bytes(name.as_bytes()) {
             Ok(h) if !crate::proxy::headers::is_reserved(&h) => {
-                if pointer.is_empty() || pointer.starts_with('/') {
-                    claims.push((h, pointer));
-                } else {
-                    l.problem(
-                        &key,
-                        format!(
-                            "{pointer:?} is not a JSON Pointer (RFC 6901): it must start with '/'"
-                        ),
-                    );
-                    ok = false;
+                match json_pointer(l, &key, pointer) {
+                    Some(pointer) => claims.push((h, pointer)),
+                    None => ok = false,
                 }
             }
             Ok(_) => {

@@ -84,8 +84,8 @@ impl Upstream {
         self.pool.clone().reap_idle()
     }
 
-    /// Headers every route strips from the client's request (skip-auth
-    /// routes included), before any route-specific handling.
+    /// Removes the identity headers the sidecar owns from a request that
+    /// will be forwarded (skip-auth routes included), before any are injected.
     pub fn strip_spoofable(&self, headers: &mut http::HeaderMap) {
         headers::strip_spoofable(headers, &self.claim_headers);
     }
