@@ -45,9 +45,14 @@ pub enum Decision {
     IdpUnavailable(IdpError),
 }
 
-/// A login between redirect and callback.
+/// A login between redirect and callback: where to return, and the
+/// secrets that bind the IdP's answer to this login (never sent to the
+/// browser: the nonce travels to the IdP and back inside the id_token, the
+/// PKCE verifier only to the token endpoint).
 struct PendingLogin {
     return_to: String,
+    nonce: String,
+    code_verifier: String,
 }
 
 pub struct Auth {
@@ -211,16 +216,37 @@ impl Auth {
 
     /// Sends the browser to the IdP; afterwards it returns to `rd` (or `/`
     /// when `rd` is not a safe place to return to).
-    pub fn start(&self, rd: Option<&str>) -> Response<Body> {
+    pub async fn start(&self, rd: Option<&str>, request_id: &str) -> Response<Body> {
         let return_to = rd
             .and_then(|rd| redirect::safe_return(rd, &self.allowed_domains))
             .unwrap_or_else(|| "/".to_string());
-        let login = LoginRequest {
-            state: random_token(),
+        let login = LoginRequest::new();
+        let url = match self.provider.authorize_url(&login).await {
+            Ok(url) => url,
+            Err(e) => {
+                // Only an OpenID provider's discovery can fail here.
+                tracing::warn!(request_id, error = %crate::error::chain(&e), "cannot start a login: the identity provider is unavailable");
+                let (status, _, explanation) = failure_kind(&e);
+                return ErrorPage {
+                    status,
+                    title: "Sign-in unavailable",
+                    explanation,
+                    idp_code: None,
+                    idp_message: None,
+                    request_id,
+                }
+                .render();
+            }
         };
-        self.pending
-            .insert(login.state.clone(), Arc::new(PendingLogin { return_to }));
-        let mut resp = redirect(self.provider.authorize_url(&login).as_str());
+        self.pending.insert(
+            login.state.clone(),
+            Arc::new(PendingLogin {
+                return_to,
+                nonce: login.nonce,
+                code_verifier: login.code_verifier,
+            }),
+        );
+        let mut resp = redirect(url.as_str());
         resp.headers_mut()
             .append(header::SET_COOKIE, self.cookies.set_login(&login.state));
         resp
@@ -304,15 +330,11 @@ impl Auth {
         let callback = Callback {
             code,
             backend_url: query_param(uri, "backend_url").filter(|b| !b.is_empty()),
+            nonce: pending.nonce.clone(),
+            code_verifier: pending.code_verifier.clone(),
         };
-        // 3. Exchange the code (once: the IdP may have consumed it), get the claims.
-        let result = async {
-            let set = self.provider.exchange(&callback).await?;
-            let claims = self.provider.claims(&set).await?;
-            Ok::<_, IdpError>((set, claims))
-        }
-        .await;
-        let (set, claims) = match result {
+        // 3. Exchange the code (once: the IdP may have consumed it), verify, get the claims.
+        let (set, claims) = match self.provider.login(&callback).await {
             Ok(ok) => ok,
             Err(e) => return self.login_failed(e, request_id),
         };
@@ -348,28 +370,14 @@ impl Auth {
 
     fn login_failed(&self, e: IdpError, request_id: &str) -> Response<Body> {
         tracing::warn!(request_id, error = %crate::error::chain(&e), "login failed at the identity provider");
-        let (status, result, explanation) = match &e {
-            IdpError::Rejected { .. } => (
-                StatusCode::BAD_GATEWAY,
-                LoginResult::Rejected,
-                "The identity provider refused to complete the sign-in.",
-            ),
-            IdpError::Timeout { .. } => (
-                StatusCode::GATEWAY_TIMEOUT,
-                LoginResult::IdpError,
-                "The identity provider did not answer in time.",
-            ),
-            IdpError::ServerError { .. }
-            | IdpError::Unreachable { .. }
-            | IdpError::InvalidResponse { .. } => (
-                StatusCode::BAD_GATEWAY,
-                LoginResult::IdpError,
-                "The identity provider could not be reached or gave an unusable answer.",
-            ),
-        };
+        let (status, result, explanation) = failure_kind(&e);
         self.metrics.login(result);
         let (code, message) = match &e {
             IdpError::Rejected { code, message, .. } => (code.as_deref(), message.as_deref()),
+            // The reason, for the user and for whoever reads the request id's log line.
+            IdpError::InvalidIdToken { reason, .. } => {
+                (Some(reason.as_str()), Some(reason.describe()))
+            }
             _ => (None, None),
         };
         ErrorPage {
@@ -415,6 +423,34 @@ impl Auth {
     /// Sessions held now; read at each scrape for `emp_sidecar_sessions_active`.
     pub fn sessions_active(&self) -> u64 {
         self.store.count()
+    }
+}
+
+/// The status, `logins_total` result and page text for a failed IdP call.
+fn failure_kind(e: &IdpError) -> (StatusCode, LoginResult, &'static str) {
+    match e {
+        IdpError::Rejected { .. } => (
+            StatusCode::BAD_GATEWAY,
+            LoginResult::Rejected,
+            "The identity provider refused to complete the sign-in.",
+        ),
+        IdpError::Timeout { .. } => (
+            StatusCode::GATEWAY_TIMEOUT,
+            LoginResult::IdpError,
+            "The identity provider did not answer in time.",
+        ),
+        IdpError::ServerError { .. }
+        | IdpError::Unreachable { .. }
+        | IdpError::InvalidResponse { .. } => (
+            StatusCode::BAD_GATEWAY,
+            LoginResult::IdpError,
+            "The identity provider could not be reached or gave an unusable answer.",
+        ),
+        IdpError::InvalidIdToken { .. } => (
+            StatusCode::BAD_GATEWAY,
+            LoginResult::InvalidIdToken,
+            "The identity provider's answer failed verification, so no session was created.",
+        ),
     }
 }
 

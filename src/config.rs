@@ -105,6 +105,15 @@ pub enum ProviderKind {
     Oidc,
 }
 
+/// How the client authenticates at the token endpoint (OIDC, UPBOND).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAuthMethod {
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+    /// HTTP Basic with the form-urlencoded id and secret (RFC 6749 2.3.1).
+    ClientSecretBasic,
+}
+
 #[derive(Debug, Clone)]
 pub struct ProviderConfig {
     pub kind: ProviderKind,
@@ -117,6 +126,17 @@ pub struct ProviderConfig {
     pub profile: bool,
     /// Limit for each call to the identity provider.
     pub timeout: Duration,
+    /// OIDC / UPBOND: token endpoint client authentication. Empty in the
+    /// file means the provider's default: `client_secret_post` for UPBOND
+    /// (as its document shows), `client_secret_basic` for OIDC (the OpenID
+    /// Connect default).
+    pub token_auth_method: TokenAuthMethod,
+    /// OIDC / UPBOND: also read the userinfo endpoint after login.
+    pub userinfo: bool,
+    /// OIDC / UPBOND: clock skew tolerated on the id_token's `exp`, `iat`, `nbf`.
+    pub leeway: Duration,
+    /// OIDC / UPBOND: how long the discovery document is used before it is read again.
+    pub discovery_refresh: Duration,
 }
 
 impl ProviderConfig {
@@ -520,13 +540,8 @@ fn provider(l: &mut Loader) -> Option<ProviderConfig> {
     let kind_text = l.string("provider.kind");
     let kind = match kind_text.as_str() {
         "emp" => Some(ProviderKind::Emp),
-        "upbond" | "oidc" => {
-            l.problem(
-                "provider.kind",
-                format!("{kind_text:?} is not available in this version; use \"emp\""),
-            );
-            None
-        }
+        "upbond" => Some(ProviderKind::Upbond),
+        "oidc" => Some(ProviderKind::Oidc),
         other => {
             l.problem(
                 "provider.kind",
@@ -568,6 +583,30 @@ fn provider(l: &mut Loader) -> Option<ProviderConfig> {
     let audience = l.string("provider.audience");
     let profile = l.get::<bool>("provider.profile");
     let timeout = positive(l, "provider.timeout");
+    let token_auth_method = match l.string("provider.token_auth_method").as_str() {
+        "" if kind == Some(ProviderKind::Oidc) => Some(TokenAuthMethod::ClientSecretBasic),
+        "" | "client_secret_post" => Some(TokenAuthMethod::ClientSecretPost),
+        "client_secret_basic" => Some(TokenAuthMethod::ClientSecretBasic),
+        other => {
+            l.problem(
+                "provider.token_auth_method",
+                format!("{other:?}: expected \"client_secret_post\" or \"client_secret_basic\""),
+            );
+            None
+        }
+    };
+    let userinfo = l.get::<bool>("provider.userinfo");
+    let leeway = l.duration("provider.leeway").and_then(|d| {
+        if d > Duration::from_secs(300) {
+            l.problem(
+                "provider.leeway",
+                "at most 5m: a larger leeway would accept tokens long expired",
+            );
+            return None;
+        }
+        Some(d)
+    });
+    let discovery_refresh = positive(l, "provider.discovery_refresh");
     Some(ProviderConfig {
         kind: kind?,
         base_url: base_url?,
@@ -578,6 +617,10 @@ fn provider(l: &mut Loader) -> Option<ProviderConfig> {
         audience,
         profile: profile?,
         timeout: timeout?,
+        token_auth_method: token_auth_method?,
+        userinfo: userinfo?,
+        leeway: leeway?,
+        discovery_refresh: discovery_refresh?,
     })
 }
 

@@ -94,15 +94,18 @@ pub enum LoginResult {
     Rejected,
     /// The IdP failed or could not be reached.
     IdpError,
+    /// The id_token failed verification (see `emp_sidecar_id_token_failures_total`).
+    InvalidIdToken,
 }
 
 impl LoginResult {
-    pub const ALL: [LoginResult; 5] = [
+    pub const ALL: [LoginResult; 6] = [
         LoginResult::Success,
         LoginResult::InvalidState,
         LoginResult::Denied,
         LoginResult::Rejected,
         LoginResult::IdpError,
+        LoginResult::InvalidIdToken,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -111,6 +114,7 @@ impl LoginResult {
             LoginResult::Denied => "denied",
             LoginResult::Rejected => "rejected",
             LoginResult::IdpError => "idp_error",
+            LoginResult::InvalidIdToken => "invalid_id_token",
         }
     }
 }
@@ -157,6 +161,7 @@ pub struct Metrics {
     logins: Vec<IntCounter>,
     refreshes: Vec<IntCounter>,
     idp_durations: Vec<Histogram>,
+    id_token_failures: Vec<IntCounter>,
     pub sessions_active: IntGauge,
 }
 
@@ -218,6 +223,13 @@ impl Metrics {
             .buckets(DURATION_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
+        let id_token_vec = IntCounterVec::new(
+            Opts::new(
+                "emp_sidecar_id_token_failures_total",
+                "id_tokens refused at login or refresh (OIDC, UPBOND), by reason",
+            ),
+            &["reason"],
+        )?;
         let sessions_active = IntGauge::new(
             "emp_sidecar_sessions_active",
             "Sessions in the session store",
@@ -225,6 +237,7 @@ impl Metrics {
         registry.register(Box::new(logins_vec.clone()))?;
         registry.register(Box::new(refreshes_vec.clone()))?;
         registry.register(Box::new(idp_vec.clone()))?;
+        registry.register(Box::new(id_token_vec.clone()))?;
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(requests_vec.clone()))?;
         registry.register(Box::new(durations_vec.clone()))?;
@@ -256,7 +269,12 @@ impl Metrics {
             .iter()
             .map(|e| idp_vec.with_label_values(&[e.as_str()]))
             .collect();
+        let id_token_failures = crate::provider::IdTokenFailure::ALL
+            .iter()
+            .map(|r| id_token_vec.with_label_values(&[r.as_str()]))
+            .collect();
         Ok(Self {
+            id_token_failures,
             logins,
             refreshes,
             idp_durations,
@@ -299,6 +317,10 @@ impl Metrics {
 
     pub fn observe_idp(&self, endpoint: crate::provider::Endpoint, seconds: f64) {
         self.idp_durations[endpoint as usize].observe(seconds);
+    }
+
+    pub fn id_token_failure(&self, reason: crate::provider::IdTokenFailure) {
+        self.id_token_failures[reason as usize].inc();
     }
 
     /// The Prometheus text exposition of every metric.

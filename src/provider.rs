@@ -3,13 +3,16 @@
 //! the login flow, sessions and token cache use only this interface.
 
 pub mod emp;
+mod jwks;
+pub mod oidc;
 mod wire;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use url::Url;
 
 use crate::config::{Config, ProviderKind};
@@ -38,18 +41,59 @@ impl std::fmt::Debug for TokenSet {
     }
 }
 
-/// What the callback brought back (query parameters).
-#[derive(Debug, Default, Clone)]
+/// What the callback brought back (query parameters), with the secrets of
+/// this login that the sidecar kept between redirect and callback.
+#[derive(Default, Clone)]
 pub struct Callback {
     pub code: String,
     /// EMP: `backend_url`, received after the EMP login, passed on to the token request.
     pub backend_url: Option<String>,
+    /// The `nonce` the id_token must carry (OIDC, UPBOND).
+    pub nonce: String,
+    /// The PKCE `code_verifier` (OIDC, UPBOND).
+    pub code_verifier: String,
 }
 
-/// Per-login values the sidecar generates before sending the user away.
+impl std::fmt::Debug for Callback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Callback")
+            .field("backend_url", &self.backend_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-login values the sidecar generates before sending the user away:
+/// `state` (CSRF), `nonce` (binds the id_token to this login) and a PKCE
+/// verifier (binds the code to this sidecar). Each is 256 random bits.
 #[derive(Clone)]
 pub struct LoginRequest {
     pub state: String,
+    pub nonce: String,
+    pub code_verifier: String,
+}
+
+impl LoginRequest {
+    pub fn new() -> LoginRequest {
+        LoginRequest {
+            state: crate::session::random_token(),
+            nonce: crate::session::random_token(),
+            code_verifier: crate::session::random_token(),
+        }
+    }
+
+    /// The PKCE S256 `code_challenge`: BASE64URL(SHA-256(verifier)) (RFC 7636 4.2).
+    pub fn code_challenge(&self) -> String {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(self.code_verifier.as_bytes()))
+    }
+}
+
+impl Default for LoginRequest {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Which call an IdP error came from (the `endpoint` metric label too).
@@ -57,16 +101,119 @@ pub struct LoginRequest {
 pub enum Endpoint {
     Token,
     Refresh,
+    /// EMP's `/profile` (DR services).
     Profile,
+    /// The OIDC userinfo endpoint.
+    Userinfo,
+    /// `/.well-known/openid-configuration`.
+    Discovery,
+    /// The provider's signing keys (`jwks_uri`).
+    Jwks,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 3] = [Endpoint::Token, Endpoint::Refresh, Endpoint::Profile];
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::Token,
+        Endpoint::Refresh,
+        Endpoint::Profile,
+        Endpoint::Userinfo,
+        Endpoint::Discovery,
+        Endpoint::Jwks,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::Token => "token",
             Endpoint::Refresh => "refresh",
             Endpoint::Profile => "profile",
+            Endpoint::Userinfo => "userinfo",
+            Endpoint::Discovery => "discovery",
+            Endpoint::Jwks => "jwks",
+        }
+    }
+}
+
+/// Why an id_token was not trusted (the `reason` label of
+/// `emp_sidecar_id_token_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdTokenFailure {
+    /// The token answer had no id_token.
+    Missing,
+    /// Not a JWS, or required claims (`iss`, `sub`, `aud`, `exp`, `iat`) missing or mistyped.
+    Malformed,
+    /// `alg` is not an accepted asymmetric algorithm (`none` and HMAC never are).
+    Algorithm,
+    /// No key of the provider's JWKS has the token's `kid`, even after re-fetching it.
+    UnknownKey,
+    /// The signature does not verify.
+    Signature,
+    /// `iss` is not the provider's issuer.
+    Issuer,
+    /// `aud` does not contain this client.
+    Audience,
+    /// Several audiences and `azp` is not this client (or `azp` names another client).
+    AuthorizedParty,
+    /// `exp` has passed (beyond the leeway).
+    Expired,
+    /// `iat` or `nbf` lies in the future (beyond the leeway).
+    NotYetValid,
+    /// `nonce` is not the one this login sent.
+    Nonce,
+    /// A refreshed id_token names another subject than the session's.
+    Subject,
+}
+
+impl IdTokenFailure {
+    pub const ALL: [IdTokenFailure; 12] = [
+        IdTokenFailure::Missing,
+        IdTokenFailure::Malformed,
+        IdTokenFailure::Algorithm,
+        IdTokenFailure::UnknownKey,
+        IdTokenFailure::Signature,
+        IdTokenFailure::Issuer,
+        IdTokenFailure::Audience,
+        IdTokenFailure::AuthorizedParty,
+        IdTokenFailure::Expired,
+        IdTokenFailure::NotYetValid,
+        IdTokenFailure::Nonce,
+        IdTokenFailure::Subject,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdTokenFailure::Missing => "missing",
+            IdTokenFailure::Malformed => "malformed",
+            IdTokenFailure::Algorithm => "algorithm",
+            IdTokenFailure::UnknownKey => "unknown_key",
+            IdTokenFailure::Signature => "signature",
+            IdTokenFailure::Issuer => "issuer",
+            IdTokenFailure::Audience => "audience",
+            IdTokenFailure::AuthorizedParty => "azp",
+            IdTokenFailure::Expired => "expired",
+            IdTokenFailure::NotYetValid => "not_yet_valid",
+            IdTokenFailure::Nonce => "nonce",
+            IdTokenFailure::Subject => "subject",
+        }
+    }
+    /// For the error page.
+    pub fn describe(self) -> &'static str {
+        match self {
+            IdTokenFailure::Missing => "the provider sent no ID token",
+            IdTokenFailure::Malformed => "the ID token is malformed or lacks required claims",
+            IdTokenFailure::Algorithm => {
+                "the ID token is signed with an algorithm that is not accepted"
+            }
+            IdTokenFailure::UnknownKey => {
+                "the ID token is signed with a key the provider does not publish"
+            }
+            IdTokenFailure::Signature => "the ID token's signature is not valid",
+            IdTokenFailure::Issuer => "the ID token was issued by another issuer",
+            IdTokenFailure::Audience => "the ID token was issued for another application",
+            IdTokenFailure::AuthorizedParty => {
+                "the ID token was issued to another application (azp)"
+            }
+            IdTokenFailure::Expired => "the ID token has expired",
+            IdTokenFailure::NotYetValid => "the ID token is dated in the future",
+            IdTokenFailure::Nonce => "the ID token belongs to another sign-in (nonce)",
+            IdTokenFailure::Subject => "the refreshed ID token names another user",
         }
     }
 }
@@ -102,6 +249,12 @@ pub enum IdpError {
     /// A 2xx answer we cannot use.
     #[error("{endpoint:?}: unusable answer from the identity provider: {reason}")]
     InvalidResponse { endpoint: Endpoint, reason: String },
+    /// The id_token failed verification.
+    #[error("{endpoint:?}: id_token refused ({}): {}", reason.as_str(), reason.describe())]
+    InvalidIdToken {
+        endpoint: Endpoint,
+        reason: IdTokenFailure,
+    },
 }
 
 fn describe(code: &Option<String>, message: &Option<String>) -> String {
@@ -117,7 +270,9 @@ impl IdpError {
     /// A transient failure: the same call may succeed later.
     pub fn is_transient(&self) -> bool {
         match self {
-            IdpError::Rejected { .. } | IdpError::InvalidResponse { .. } => false,
+            IdpError::Rejected { .. }
+            | IdpError::InvalidResponse { .. }
+            | IdpError::InvalidIdToken { .. } => false,
             IdpError::ServerError { .. }
             | IdpError::Timeout { .. }
             | IdpError::Unreachable { .. } => true,
@@ -126,18 +281,94 @@ impl IdpError {
 }
 
 pub trait Provider: Send + Sync {
-    /// Where to send the browser to log in.
-    fn authorize_url(&self, login: &LoginRequest) -> Url;
-    /// Exchanges an authorization code. Never retried: the IdP may already
-    /// have consumed the code.
-    fn exchange<'a>(&'a self, callback: &'a Callback) -> BoxFuture<'a, Result<TokenSet, IdpError>>;
-    /// Gets a new access token with a refresh token.
-    fn refresh<'a>(&'a self, refresh_token: &'a str) -> BoxFuture<'a, Result<TokenSet, IdpError>>;
-    /// The user's claims (a JSON object) for headers and `/oauth2/userinfo`.
-    fn claims<'a>(
+    /// Where to send the browser to log in. Async because an OpenID
+    /// provider's authorize endpoint comes from its discovery document.
+    fn authorize_url<'a>(&'a self, login: &'a LoginRequest)
+    -> BoxFuture<'a, Result<Url, IdpError>>;
+    /// Finishes a login: exchanges the code (never retried: the IdP may
+    /// already have consumed it), verifies what needs verifying, and returns
+    /// the tokens with the user's claims (a JSON object) for headers and
+    /// `/oauth2/userinfo`.
+    fn login<'a>(
         &'a self,
-        tokens: &'a TokenSet,
-    ) -> BoxFuture<'a, Result<serde_json::Value, IdpError>>;
+        callback: &'a Callback,
+    ) -> BoxFuture<'a, Result<(TokenSet, serde_json::Value), IdpError>>;
+    /// Gets a new access token with a refresh token. `subject` is the
+    /// session's `sub`; a refreshed id_token must name the same one.
+    fn refresh<'a>(
+        &'a self,
+        refresh_token: &'a str,
+        subject: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<TokenSet, IdpError>>;
+}
+
+/// One IdP call: timed, its answer sorted into success (a JSON value) or
+/// an [`IdpError`]. Errors never carry the URL, whose query may hold a
+/// code or a refresh token.
+pub(crate) async fn call(
+    metrics: &Metrics,
+    endpoint: Endpoint,
+    req: reqwest::RequestBuilder,
+) -> Result<Value, IdpError> {
+    let start = Instant::now();
+    let result = async {
+        let resp = req.send().await.map_err(|e| transport(endpoint, e))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| transport(endpoint, e))?;
+        Ok::<_, IdpError>((status, body))
+    }
+    .await;
+    metrics.observe_idp(endpoint, start.elapsed().as_secs_f64());
+    let (status, body) = result?;
+    if status.is_success() {
+        return serde_json::from_slice(&body).map_err(|e| IdpError::InvalidResponse {
+            endpoint,
+            reason: format!("not JSON: {e}"),
+        });
+    }
+    if status.is_client_error() {
+        let (code, message) = wire::error_details(&body);
+        return Err(IdpError::Rejected {
+            endpoint,
+            status: status.as_u16(),
+            code,
+            message,
+        });
+    }
+    if status.is_server_error() {
+        return Err(IdpError::ServerError {
+            endpoint,
+            status: status.as_u16(),
+        });
+    }
+    Err(IdpError::InvalidResponse {
+        endpoint,
+        reason: format!("unexpected HTTP {status}"),
+    })
+}
+
+fn transport(endpoint: Endpoint, e: reqwest::Error) -> IdpError {
+    if e.is_timeout() {
+        IdpError::Timeout { endpoint }
+    } else {
+        IdpError::Unreachable {
+            endpoint,
+            source: e.without_url(),
+        }
+    }
+}
+
+/// A token answer: `access_token` is required, the rest is lenient.
+pub(crate) fn token_set(endpoint: Endpoint, v: &Value) -> Result<TokenSet, IdpError> {
+    let invalid = |reason: String| IdpError::InvalidResponse { endpoint, reason };
+    let access_token =
+        wire::string(v, "access_token").ok_or_else(|| invalid("no access_token".into()))?;
+    Ok(TokenSet {
+        access_token,
+        refresh_token: wire::string(v, "refresh_token"),
+        expires_in: wire::expires_in(v.get("expires_in")).map_err(invalid)?,
+        backend_url: wire::string(v, "oauth2_backend_url"),
+    })
 }
 
 /// The HTTP client for IdP calls: rustls, bounded time per call.
@@ -155,9 +386,8 @@ pub fn build(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn Provider>
     let http = http_client(config.provider.timeout).map_err(|e| e.to_string())?;
     match config.provider.kind {
         ProviderKind::Emp => Ok(Arc::new(emp::Emp::new(&config.provider, http, metrics))),
-        // Refused by config validation until these providers exist.
         ProviderKind::Upbond | ProviderKind::Oidc => {
-            Err("provider.kind: this provider is not available in this version".into())
+            Ok(Arc::new(oidc::Oidc::new(&config.provider, http, metrics)?))
         }
     }
 }

@@ -219,7 +219,8 @@ impl App {
             }
             Route::Start => {
                 let rd = auth::start_return_to(req.uri(), req.headers());
-                Ok((self.auth.start(rd.as_deref()), None))
+                let rid = request_id.to_str().unwrap_or_default();
+                Ok((self.auth.start(rd.as_deref(), rid).await, None))
             }
             Route::Callback => {
                 let rid = request_id.to_str().unwrap_or_default();
@@ -256,7 +257,8 @@ impl App {
                     if auth::is_browser_navigation(req.method(), req.headers()) =>
                 {
                     let here = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                    Ok((self.auth.start(Some(here)), None))
+                    let rid = request_id.to_str().unwrap_or_default();
+                    Ok((self.auth.start(Some(here), rid).await, None))
                 }
                 Decision::NeedsLogin => Err(ProxyError::Unauthenticated),
                 Decision::IdpUnavailable(e) => Err(ProxyError::IdpUnavailable(e)),

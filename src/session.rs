@@ -94,6 +94,8 @@ pub struct Session {
     tokens: Mutex<Arc<Tokens>>,
     /// The claims as a JSON object, for `/oauth2/userinfo`.
     pub claims: Box<str>,
+    /// The claims' `sub`: a refreshed id_token must name the same.
+    pub subject: Option<Box<str>>,
     pub identity: Identity,
     pub refresh: RefreshState,
 }
@@ -103,6 +105,10 @@ impl Session {
         Session {
             tokens: Mutex::new(Arc::new(tokens)),
             claims: claims.to_string().into_boxed_str(),
+            subject: claims
+                .get("sub")
+                .and_then(serde_json::Value::as_str)
+                .map(Into::into),
             identity,
             refresh: RefreshState::default(),
         }

@@ -138,7 +138,11 @@ impl TokenCache {
         };
         let mut attempt = 0;
         loop {
-            match self.provider.refresh(&refresh_token).await {
+            match self
+                .provider
+                .refresh(&refresh_token, session.subject.as_deref())
+                .await
+            {
                 Ok(mut set) => {
                     // EMP answers without a refresh token: keep the old one;
                     // a provider that rotates sends a new one.

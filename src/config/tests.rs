@@ -145,16 +145,44 @@ fn inline_and_file_secret_together_is_a_problem() {
 }
 
 #[test]
-fn providers_not_yet_available_are_refused_by_name() {
+fn upbond_and_oidc_need_a_secret_and_get_their_own_defaults() {
     for kind in ["upbond", "oidc"] {
         let toml = minimal().replace("[provider]\n", &format!("[provider]\nkind = {kind:?}\n"));
         let p = problems(&toml);
-        assert!(
-            p.iter()
-                .any(|p| p.key == "provider.kind" && p.message.contains("not available")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|p| p.key == "provider.client_secret"), "{p:?}");
     }
+    let upbond = minimal().replace(
+        "[provider]\nbase_url = \"https://emp.example\"\n",
+        "[provider]\nkind = \"upbond\"\nclient_secret = \"s\"\n",
+    );
+    let c = Config::from_toml_str(&upbond).unwrap();
+    assert_eq!(c.provider.base_url.as_str(), "https://auth3.upbond.io/");
+    assert_eq!(
+        c.provider.token_auth_method,
+        TokenAuthMethod::ClientSecretPost
+    );
+    assert_eq!(c.provider.leeway, Duration::from_secs(30));
+    assert_eq!(c.provider.discovery_refresh, Duration::from_secs(3600));
+    assert!(!c.provider.userinfo);
+    // An OpenID provider has no default issuer.
+    let oidc = upbond.replace("\"upbond\"", "\"oidc\"");
+    let keys: Vec<String> = problems(&oidc).into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, vec!["provider.base_url"]);
+    let oidc = oidc.replace(
+        "kind = \"oidc\"\n",
+        "kind = \"oidc\"\nbase_url = \"https://op.example\"\n",
+    );
+    let c = Config::from_toml_str(&oidc).unwrap();
+    assert_eq!(
+        c.provider.token_auth_method,
+        TokenAuthMethod::ClientSecretBasic
+    );
+    let bad = oidc.replace(
+        "client_secret = \"s\"\n",
+        "client_secret = \"s\"\ntoken_auth_method = \"private_key_jwt\"\nleeway = \"1h\"\n",
+    );
+    let keys: Vec<String> = problems(&bad).into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, vec!["provider.token_auth_method", "provider.leeway"]);
 }
 
 #[test]

@@ -8,13 +8,13 @@
 //! - `expires_in` as a string or a number; `oauth2_backend_url` in the first answer;
 //! - DR services only: `GET {base}/profile` with `Authorization: Bearer`.
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use serde_json::Value;
+use std::sync::Arc;
 use url::Url;
 
-use super::{BoxFuture, Callback, Endpoint, IdpError, LoginRequest, Provider, TokenSet, wire};
+use super::{
+    BoxFuture, Callback, Endpoint, IdpError, LoginRequest, Provider, TokenSet, call, token_set,
+};
 use crate::config::ProviderConfig;
 use crate::metrics::Metrics;
 
@@ -50,52 +50,6 @@ impl Emp {
         }
     }
 
-    /// One IdP call: timed, its answer sorted into success (a JSON value) or
-    /// an [`IdpError`]. Errors never carry the URL, whose query may hold a
-    /// code or a refresh token.
-    async fn call(
-        &self,
-        endpoint: Endpoint,
-        req: reqwest::RequestBuilder,
-    ) -> Result<Value, IdpError> {
-        let start = Instant::now();
-        let result = async {
-            let resp = req.send().await.map_err(|e| transport(endpoint, e))?;
-            let status = resp.status();
-            let body = resp.bytes().await.map_err(|e| transport(endpoint, e))?;
-            Ok::<_, IdpError>((status, body))
-        }
-        .await;
-        self.metrics
-            .observe_idp(endpoint, start.elapsed().as_secs_f64());
-        let (status, body) = result?;
-        if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| IdpError::InvalidResponse {
-                endpoint,
-                reason: format!("not JSON: {e}"),
-            });
-        }
-        if status.is_client_error() {
-            let (code, message) = wire::error_details(&body);
-            return Err(IdpError::Rejected {
-                endpoint,
-                status: status.as_u16(),
-                code,
-                message,
-            });
-        }
-        if status.is_server_error() {
-            return Err(IdpError::ServerError {
-                endpoint,
-                status: status.as_u16(),
-            });
-        }
-        Err(IdpError::InvalidResponse {
-            endpoint,
-            reason: format!("unexpected HTTP {status}"),
-        })
-    }
-
     fn token_url(&self, params: &[(&str, &str)]) -> Url {
         let mut url = self.token.clone();
         url.query_pairs_mut().extend_pairs(params);
@@ -103,91 +57,82 @@ impl Emp {
     }
 }
 
-fn transport(endpoint: Endpoint, e: reqwest::Error) -> IdpError {
-    if e.is_timeout() {
-        IdpError::Timeout { endpoint }
-    } else {
-        IdpError::Unreachable {
-            endpoint,
-            source: e.without_url(),
-        }
-    }
-}
-
-/// A token answer: `access_token` is required, the rest is lenient.
-fn token_set(endpoint: Endpoint, v: &Value) -> Result<TokenSet, IdpError> {
-    let invalid = |reason: String| IdpError::InvalidResponse { endpoint, reason };
-    let access_token =
-        wire::string(v, "access_token").ok_or_else(|| invalid("no access_token".into()))?;
-    Ok(TokenSet {
-        access_token,
-        refresh_token: wire::string(v, "refresh_token"),
-        expires_in: wire::expires_in(v.get("expires_in")).map_err(invalid)?,
-        backend_url: wire::string(v, "oauth2_backend_url"),
-    })
-}
-
 impl Provider for Emp {
-    fn authorize_url(&self, login: &LoginRequest) -> Url {
+    fn authorize_url<'a>(
+        &'a self,
+        login: &'a LoginRequest,
+    ) -> BoxFuture<'a, Result<Url, IdpError>> {
         let mut url = self.authorize.clone();
         // Url percent-encodes the values as UTF-8, as the DR spec asks of redirect_uri.
+        // EMP knows neither nonce nor PKCE: its authorize request is exactly this.
         url.query_pairs_mut()
             .append_pair("response_type", "code")
             .append_pair("client_id", &self.client_id)
             .append_pair("redirect_uri", &self.redirect_uri)
             .append_pair("state", &login.state);
-        url
+        Box::pin(std::future::ready(Ok(url)))
     }
 
-    fn exchange<'a>(&'a self, callback: &'a Callback) -> BoxFuture<'a, Result<TokenSet, IdpError>> {
+    fn login<'a>(
+        &'a self,
+        callback: &'a Callback,
+    ) -> BoxFuture<'a, Result<(TokenSet, Value), IdpError>> {
         Box::pin(async move {
-            let mut params = vec![
-                ("grant_type", "authorization_code"),
-                ("code", callback.code.as_str()),
-                ("client_id", self.client_id.as_str()),
-                ("redirect_uri", self.redirect_uri.as_str()),
-            ];
-            if let Some(backend) = &callback.backend_url {
-                params.push(("backend_url", backend.as_str()));
-            }
-            let v = self
-                .call(Endpoint::Token, self.http.post(self.token_url(&params)))
-                .await?;
-            token_set(Endpoint::Token, &v)
+            let set = self.exchange(callback).await?;
+            let claims = self.claims(&set).await?;
+            Ok((set, claims))
         })
     }
 
-    fn refresh<'a>(&'a self, refresh_token: &'a str) -> BoxFuture<'a, Result<TokenSet, IdpError>> {
+    fn refresh<'a>(
+        &'a self,
+        refresh_token: &'a str,
+        _subject: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<TokenSet, IdpError>> {
         Box::pin(async move {
             let params = [
                 ("client_id", self.client_id.as_str()),
                 ("refresh_token", refresh_token),
                 ("grant_type", "refresh_token"),
             ];
-            let v = self
-                .call(Endpoint::Refresh, self.http.post(self.token_url(&params)))
-                .await?;
+            let req = self.http.post(self.token_url(&params));
+            let v = call(&self.metrics, Endpoint::Refresh, req).await?;
             token_set(Endpoint::Refresh, &v)
         })
     }
+}
 
-    fn claims<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<Value, IdpError>> {
-        Box::pin(async move {
-            let Some(url) = &self.profile else {
-                // ThinQ Connect services have no profile endpoint.
-                return Ok(Value::Object(Default::default()));
-            };
-            let req = self.http.get(url.clone()).bearer_auth(&tokens.access_token);
-            let v = self.call(Endpoint::Profile, req).await?;
-            if v.is_object() {
-                Ok(v)
-            } else {
-                Err(IdpError::InvalidResponse {
-                    endpoint: Endpoint::Profile,
-                    reason: "profile is not a JSON object".into(),
-                })
-            }
-        })
+impl Emp {
+    async fn exchange(&self, callback: &Callback) -> Result<TokenSet, IdpError> {
+        let mut params = vec![
+            ("grant_type", "authorization_code"),
+            ("code", callback.code.as_str()),
+            ("client_id", self.client_id.as_str()),
+            ("redirect_uri", self.redirect_uri.as_str()),
+        ];
+        if let Some(backend) = &callback.backend_url {
+            params.push(("backend_url", backend.as_str()));
+        }
+        let req = self.http.post(self.token_url(&params));
+        let v = call(&self.metrics, Endpoint::Token, req).await?;
+        token_set(Endpoint::Token, &v)
+    }
+
+    async fn claims(&self, tokens: &TokenSet) -> Result<Value, IdpError> {
+        let Some(url) = &self.profile else {
+            // ThinQ Connect services have no profile endpoint.
+            return Ok(Value::Object(Default::default()));
+        };
+        let req = self.http.get(url.clone()).bearer_auth(&tokens.access_token);
+        let v = call(&self.metrics, Endpoint::Profile, req).await?;
+        if v.is_object() {
+            Ok(v)
+        } else {
+            Err(IdpError::InvalidResponse {
+                endpoint: Endpoint::Profile,
+                reason: "profile is not a JSON object".into(),
+            })
+        }
     }
 }
 

@@ -39,13 +39,23 @@ impl Fake {
 }
 
 impl Provider for Fake {
-    fn authorize_url(&self, _: &LoginRequest) -> url::Url {
-        url::Url::parse("http://idp/authorize").unwrap()
-    }
-    fn exchange<'a>(&'a self, _: &'a Callback) -> BoxFuture<'a, Result<TokenSet, IdpError>> {
+    fn authorize_url<'a>(
+        &'a self,
+        _: &'a LoginRequest,
+    ) -> BoxFuture<'a, Result<url::Url, IdpError>> {
         unreachable!()
     }
-    fn refresh<'a>(&'a self, rt: &'a str) -> BoxFuture<'a, Result<TokenSet, IdpError>> {
+    fn login<'a>(
+        &'a self,
+        _: &'a Callback,
+    ) -> BoxFuture<'a, Result<(TokenSet, serde_json::Value), IdpError>> {
+        unreachable!()
+    }
+    fn refresh<'a>(
+        &'a self,
+        rt: &'a str,
+        _subject: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<TokenSet, IdpError>> {
         Box::pin(async move {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             self.seen_refresh_tokens
@@ -73,9 +83,6 @@ impl Provider for Fake {
                 }),
             }
         })
-    }
-    fn claims<'a>(&'a self, _: &'a TokenSet) -> BoxFuture<'a, Result<serde_json::Value, IdpError>> {
-        unreachable!()
     }
 }
 
