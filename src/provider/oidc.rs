@@ -220,7 +220,8 @@ impl Oidc {
             token_endpoint: under(&self.base, "/oauth/token"),
             jwks_uri: under(&self.base, "/.well-known/jwks.json"),
             userinfo_endpoint: Some(under(&self.base, "/userinfo")),
-            algorithms: vec![Algorithm::RS256],
+            // No document to restrict them: the published keys decide.
+            algorithms: jwks::ACCEPTED.to_vec(),
         }
     }
 
@@ -252,6 +253,7 @@ impl Oidc {
                 .filter_map(|n| n.parse::<Algorithm>().ok())
                 .filter(|a| jwks::ACCEPTED.contains(a))
                 .collect(),
+            // A document without the (required) list: the OIDC default.
             _ => vec![Algorithm::RS256],
         };
         Ok(Metadata {

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod openid;
+pub mod upbond;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
