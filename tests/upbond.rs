@@ -162,7 +162,7 @@ async fn upbond_login_and_refresh_speak_the_documented_wire_format() {
         ["grant_type", "refresh_token", "client_id", "client_secret"]
     );
     assert_eq!(value(&refresh.form, "grant_type"), "refresh_token");
-    assert_eq!(value(&refresh.form, "refresh_token"), "rt-1");
+    assert_eq!(value(&refresh.form, "refresh_token"), "upbond-rt-1");
 
     // ES256-signed id_tokens verify as well.
     mock.sign_es256(true);

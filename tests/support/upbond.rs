@@ -92,7 +92,10 @@ struct State {
     codes: HashMap<String, Login>,
     seen: Vec<Seen>,
     issued: u64,
+    logins: u64,
     expires_in: u64,
+    /// Every code, token and id_token handed out.
+    secrets: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -135,7 +138,9 @@ impl Upbond {
             codes: HashMap::new(),
             seen: Vec::new(),
             issued: 0,
+            logins: 0,
             expires_in,
+            secrets: Vec::new(),
         }));
         let st = state.clone();
         tokio::spawn(async move {
@@ -171,6 +176,23 @@ impl Upbond {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
+    }
+
+    /// What must never be logged: codes, tokens and id_tokens issued, and
+    /// the nonces, PKCE verifiers and client secret the sidecar sent.
+    pub fn secrets(&self) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        let mut all = st.secrets.clone();
+        for s in &st.seen {
+            for (k, v) in s.query.iter().chain(&s.form) {
+                if ["nonce", "code_challenge", "code_verifier", "client_secret"]
+                    .contains(&k.as_str())
+                {
+                    all.push(v.clone());
+                }
+            }
+        }
+        all
     }
 
     pub fn count(&self, path: &str) -> usize {
@@ -250,7 +272,8 @@ fn authorize(st: &mut State, seen: &Seen) -> Response<Full<Bytes>> {
     let Some(redirect_uri) = get(q, "redirect_uri") else {
         return json_reply(400, json!({"error": "invalid_request"}));
     };
-    let code = format!("code-{}", st.codes.len() + 1);
+    st.logins += 1;
+    let code = format!("upbond-code-{}", st.logins);
     st.codes.insert(
         code.clone(),
         Login {
@@ -259,6 +282,7 @@ fn authorize(st: &mut State, seen: &Seen) -> Response<Full<Bytes>> {
             redirect_uri: redirect_uri.to_string(),
         },
     );
+    st.secrets.push(code.clone());
     let mut back = url::Url::parse(redirect_uri).unwrap();
     back.query_pairs_mut().append_pair("code", &code);
     if let Some(s) = get(q, "state") {
@@ -318,7 +342,9 @@ fn token(st: &mut State, seen: &Seen) -> Response<Full<Bytes>> {
             }
             login.nonce
         }
-        Some("refresh_token") if get(f, "refresh_token").is_some_and(|r| r.starts_with("rt-")) => {
+        Some("refresh_token")
+            if get(f, "refresh_token").is_some_and(|r| r.starts_with("upbond-rt-")) =>
+        {
             None
         }
         _ => return json_reply(403, json!({"error": "invalid_grant"})),
@@ -327,12 +353,17 @@ fn token(st: &mut State, seen: &Seen) -> Response<Full<Bytes>> {
     let n = st.issued;
     let mut body = json!({
         "access_token": format!("upbond-at-{n}"),
-        "refresh_token": format!("rt-{n}"),
+        "refresh_token": format!("upbond-rt-{n}"),
         "token_type": "Bearer",
         "expires_in": st.expires_in,
     });
     if st.fault != Fault::Missing {
         body["id_token"] = json!(id_token(st, nonce.as_deref()));
+    }
+    for key in ["access_token", "refresh_token", "id_token"] {
+        if let Some(v) = body[key].as_str() {
+            st.secrets.push(v.to_string());
+        }
     }
     json_reply(200, body)
 }
