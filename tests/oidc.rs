@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::browser::Browser;
 use support::openid::OpenIdProvider;
-use support::{Conf, Sidecar, http_client, seen, upstream};
+use support::{Conf, Sidecar, http_client, idp_calls, metric, seen, upstream};
 
 const SECRET: &str = "oidc-secret with spaces&symbols";
 
@@ -47,22 +47,7 @@ async fn login(b: &mut Browser, start: &str) -> HashMap<String, String> {
 }
 
 async fn echo(b: &Browser, url: &str) -> Value {
-    let resp = http_client()
-        .get(url)
-        .header("cookie", b.cookie_header())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.json().await.unwrap()
-}
-
-fn metric(text: &str, line_start: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in metrics"))
+    support::echo_with(&b.cookie_header(), url).await
 }
 
 #[tokio::test]
@@ -125,20 +110,8 @@ async fn login_with_discovery_pkce_and_nonce_puts_verified_claims_upstream() {
         metric(&m, "emp_sidecar_logins_total{result=\"success\"}"),
         1.0
     );
-    assert_eq!(
-        metric(
-            &m,
-            "emp_sidecar_idp_request_duration_seconds_count{endpoint=\"discovery\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "emp_sidecar_idp_request_duration_seconds_count{endpoint=\"jwks\"}"
-        ),
-        1.0
-    );
+    assert_eq!(idp_calls(&m, "discovery"), 1.0);
+    assert_eq!(idp_calls(&m, "jwks"), 1.0);
     assert!(
         !m.lines()
             .any(|l| l.starts_with("emp_sidecar_id_token_failures_total") && !l.ends_with(" 0"))
@@ -148,20 +121,8 @@ async fn login_with_discovery_pkce_and_nonce_puts_verified_claims_upstream() {
     let mut b2 = Browser::new();
     login(&mut b2, &sc.url("/app/echo")).await;
     let m = support::get_text(&sc.url("/metrics")).await;
-    assert_eq!(
-        metric(
-            &m,
-            "emp_sidecar_idp_request_duration_seconds_count{endpoint=\"discovery\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "emp_sidecar_idp_request_duration_seconds_count{endpoint=\"jwks\"}"
-        ),
-        1.0
-    );
+    assert_eq!(idp_calls(&m, "discovery"), 1.0);
+    assert_eq!(idp_calls(&m, "jwks"), 1.0);
     sc.shutdown().await;
 }
 
@@ -209,13 +170,7 @@ async fn refresh_keeps_working_when_the_provider_rotates_its_key_mid_session() {
         1.0
     );
     // The unknown kid made the sidecar re-read the JWKS exactly once.
-    assert_eq!(
-        metric(
-            &m,
-            "emp_sidecar_idp_request_duration_seconds_count{endpoint=\"jwks\"}"
-        ),
-        2.0
-    );
+    assert_eq!(idp_calls(&m, "jwks"), 2.0);
     assert!(
         !m.lines()
             .any(|l| l.starts_with("emp_sidecar_id_token_failures_total") && !l.ends_with(" 0"))
@@ -242,6 +197,7 @@ async fn client_secret_post_and_userinfo_claims() {
         .provider("token_auth_method = \"client_secret_post\"")
         .provider("userinfo = true")
         .provider("scope = \"email groups\"")
+        .provider("discovery_refresh = \"1s\"")
         .claim("\"X-User-Nick\" = \"/nickname\"");
     let sc = Sidecar::start(&c).await;
     let mut b = Browser::new();

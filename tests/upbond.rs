@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::browser::Browser;
 use support::upbond::{AUDIENCE, CLIENT_ID, CLIENT_SECRET, Fault, Upbond};
-use support::{Conf, Sidecar, http_client, seen, upstream};
+use support::{Conf, Sidecar, http_client, metric, seen, upstream};
 
 fn conf(up: &str, mock: &Upbond) -> Conf {
     Conf::new(up)
@@ -32,22 +32,7 @@ fn value<'a>(pairs: &'a [(String, String)], key: &str) -> &'a str {
 }
 
 async fn echo(b: &Browser, url: &str) -> Value {
-    let resp = http_client()
-        .get(url)
-        .header("cookie", b.cookie_header())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.json().await.unwrap()
-}
-
-fn metric(text: &str, line_start: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in metrics"))
+    support::echo_with(&b.cookie_header(), url).await
 }
 
 /// Browser to the callback; returns the callback's response.

@@ -347,6 +347,36 @@ pub fn seen(echo: &serde_json::Value, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// GETs `url` as an API client with `cookie`; expects 200 and returns the
+/// upstream's `echo` JSON.
+pub async fn echo_with(cookie: &str, url: &str) -> serde_json::Value {
+    let resp = http_client()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{url}");
+    resp.json().await.unwrap()
+}
+
+/// The value of the `/metrics` sample whose line starts with `series`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in metrics"))
+}
+
+/// How many calls to the IdP's `endpoint` the metrics have counted.
+pub fn idp_calls(text: &str, endpoint: &str) -> f64 {
+    metric(
+        text,
+        &format!("emp_sidecar_idp_request_duration_seconds_count{{endpoint=\"{endpoint}\"}}"),
+    )
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
