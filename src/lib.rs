@@ -13,6 +13,12 @@
 //!   hygiene, [`proxy::upstream`] the pooled client.
 //! - [`body`]: the response body type and the per-request record that writes
 //!   the access log and metrics when the body is done.
+//! - [`auth`]: the login flow and the one authentication decision;
+//!   [`token_cache`] refreshes tokens ahead of expiry; [`session`] holds
+//!   sessions and signs their cookies.
+//! - [`provider`]: the identity-provider interface, with [`provider::emp`]
+//!   (EMP's dialect) and [`provider::oidc`] (UPBOND and any OpenID provider:
+//!   discovery, PKCE, nonce, id_tokens verified against the JWKS).
 //! - [`error`]: request-path errors grouped by fault, mapped to statuses.
 //! - [`metrics`]: every Prometheus metric, on a registry passed in.
 //! - [`config`]: figment layers → typed, validated [`config::Config`].

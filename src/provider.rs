@@ -1,6 +1,8 @@
-//! The identity-provider interface: build the authorize URL, exchange a
-//! code, refresh a token, fetch the user's claims. One file per provider;
-//! the login flow, sessions and token cache use only this interface.
+//! The identity-provider interface: build the authorize URL, finish a login
+//! (exchange the code, verify, get the user's claims), refresh a token. One
+//! file per provider (`emp.rs`; `oidc.rs` for UPBOND and generic OpenID
+//! Connect, with `jwks.rs` verifying id_tokens); the login flow, sessions
+//! and token cache use only this interface.
 
 pub mod emp;
 mod jwks;
