@@ -75,6 +75,18 @@ impl Drop for RequestRecord {
         if let Some(conn) = &self.conn {
             conn.request_done();
         }
+        let entry = crate::access_log::Entry {
+            method: &self.method,
+            path: &self.path,
+            status: self.status,
+            route: self.route,
+            duration: total,
+            upstream: self.upstream,
+            request_id: &self.request_id,
+        };
+        if crate::access_log::write(&entry) {
+            return;
+        }
         let upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0);
         tracing::info!(
             target: "emp_sidecar::access",

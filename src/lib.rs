@@ -27,6 +27,7 @@
 // Nothing on the request path may panic: no unwrap/expect outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access_log;
 pub mod auth;
 pub mod body;
 pub mod config;

@@ -7,7 +7,6 @@ pub mod headers;
 pub mod pool;
 pub mod upstream;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,7 +39,8 @@ pub struct Upstream {
 
 /// What the proxy needs to know about the client's connection.
 pub struct ClientInfo<'a> {
-    pub ip: IpAddr,
+    /// The client's IP address, as header text (`X-Forwarded-For`).
+    pub ip: &'a HeaderValue,
     pub tls: bool,
     pub request_id: &'a HeaderValue,
 }

@@ -33,6 +33,8 @@ pub enum Listener {
 /// One client connection, as the request path sees it.
 pub struct Conn {
     pub peer: SocketAddr,
+    /// `peer`'s IP as header text, formatted once per connection.
+    pub peer_ip: HeaderValue,
     pub tls: bool,
     pub activity: Arc<crate::server::ConnActivity>,
     pub listener: Listener,
@@ -274,7 +276,7 @@ impl App {
         request_id: &HeaderValue,
     ) -> Result<(Response<Body>, Option<Duration>), ProxyError> {
         let client = ClientInfo {
-            ip: conn.peer.ip(),
+            ip: &conn.peer_ip,
             tls: conn.tls,
             request_id,
         };
@@ -305,9 +307,14 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:032x}", rand::random::<u128>());
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    let mut id = [0u8; 32];
+    for (i, c) in id.iter_mut().enumerate() {
+        *c = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
     // 32 hex digits are always a valid header value.
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// The path as the upstream will resolve it: percent-decoded, repeated `/`

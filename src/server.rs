@@ -363,6 +363,7 @@ async fn serve_io<I>(
 {
     let conn = Arc::new(Conn {
         peer,
+        peer_ip: crate::proxy::headers::ip_header(peer.ip()),
         tls,
         activity: activity.clone(),
         listener: kind,

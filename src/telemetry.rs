@@ -52,23 +52,33 @@ pub fn init(cfg: &LogConfig) {
         .ok()
         .and_then(|v| EnvFilter::builder().parse(v).ok())
         .unwrap_or_else(|| EnvFilter::new(&cfg.level));
-    let out = StdoutFd(
-        std::io::stdout()
-            .as_fd()
-            .try_clone_to_owned()
-            .ok()
-            .map(File::from),
-    );
+    let out = StdoutFd(dup_stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(out);
     match cfg.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Json => {
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .init();
+            // The filter is fixed from here on: decide once whether access
+            // lines are written, and then write them by hand.
+            if tracing::enabled!(target: crate::access_log::TARGET, tracing::Level::INFO) {
+                crate::access_log::install(dup_stdout());
+            }
+        }
         LogFormat::Pretty => builder.with_target(false).init(),
     }
+}
+
+/// A duplicate of the stdout descriptor; `None` when stdout is closed.
+fn dup_stdout() -> Option<File> {
+    std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(File::from)
 }

@@ -44,6 +44,17 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers. `Upgrade` (and a `Connection: upgrade`) stay
 /// only when `upgrading`, so a protocol switch can be relayed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Most messages carry none: one pass over the names settles it, where
+    // removing each candidate would hash every name in the list.
+    let is_candidate = |k: &HeaderName| {
+        HOP_BY_HOP.contains(k) || k == header::UPGRADE || k.as_str().starts_with("proxy-")
+    };
+    if !headers.keys().any(is_candidate) {
+        if upgrading {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -128,20 +139,22 @@ fn is_spoofable(name: &str, claim_headers: &[HeaderName]) -> bool {
 /// trusted proxy, whatever the client sent is replaced, not appended to.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    client_ip: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
     trust_client: bool,
 ) {
-    let ip = client_ip.to_string();
     let prior = trust_client
         .then(|| joined(headers, &X_FORWARDED_FOR))
         .flatten();
     let xff = match prior {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
+        Some(prior) => {
+            let ip = client_ip.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
+        }
+        None => Some(client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !(trust_client && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -157,6 +170,11 @@ pub fn set_forwarded(
             }
         }
     }
+}
+
+/// A client address as a header value; computed once per connection.
+pub fn ip_header(ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// All values of a header joined with ", " (repeated headers are one list).
@@ -276,7 +294,7 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, ip, "http", Some(&host), false);
+        set_forwarded(&mut h, &ip_header(ip), "http", Some(&host), false);
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example");
@@ -285,7 +303,7 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, ip, "http", Some(&host), true);
+        set_forwarded(&mut h, &ip_header(ip), "http", Some(&host), true);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
