@@ -85,7 +85,9 @@ fn format_line(line: &mut Line, now: SystemTime, e: &Entry<'_>) {
     t.clear();
     t.extend_from_slice(b"{\"timestamp\":\"");
     t.extend_from_slice(&line.prefix);
-    let _ = write!(t, ".{:06}Z", since.subsec_micros());
+    t.push(b'.');
+    padded(t, since.subsec_micros(), 6);
+    t.push(b'Z');
     t.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
     json_str(t, e.method.as_str());
     t.extend_from_slice(b",\"path\":");
@@ -114,7 +116,20 @@ fn json_str(t: &mut Vec<u8>, s: &str) {
 /// Milliseconds with microsecond precision: `15.900`.
 fn millis(t: &mut Vec<u8>, d: Duration) {
     let micros = d.as_micros();
-    let _ = write!(t, "{}.{:03}", micros / 1000, micros % 1000);
+    t.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+    t.push(b'.');
+    padded(t, (micros % 1000) as u32, 3);
+}
+
+/// `n` in decimal, zero-padded to `width` digits.
+fn padded(t: &mut Vec<u8>, n: u32, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n).as_bytes();
+    t.extend(std::iter::repeat_n(
+        b'0',
+        width.saturating_sub(digits.len()),
+    ));
+    t.extend_from_slice(digits);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) for seconds since the epoch.

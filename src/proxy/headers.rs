@@ -44,43 +44,35 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers. `Upgrade` (and a `Connection: upgrade`) stay
 /// only when `upgrading`, so a protocol switch can be relayed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    // Most messages carry none: one pass over the names settles it, where
-    // removing each candidate would hash every name in the list.
-    let is_candidate = |k: &HeaderName| {
-        HOP_BY_HOP.contains(k) || k == header::UPGRADE || k.as_str().starts_with("proxy-")
-    };
-    if !headers.keys().any(is_candidate) {
-        if upgrading {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    // One pass over the names finds what to remove; most messages carry
+    // nothing, or only `Connection: keep-alive`, and removing each candidate
+    // by name would hash every name in the list.
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for k in headers.keys() {
+        let hop = HOP_BY_HOP.contains(k)
+            || (k == header::UPGRADE && !upgrading)
+            || k.as_str().starts_with("proxy-");
+        if hop {
+            doomed.push(k.clone());
         }
-        return;
     }
     // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
-        if upgrading && name == header::UPGRADE {
-            continue;
+    for v in headers.get_all(header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for token in v.split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                continue; // options, or a header the pass above caught
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                && !(upgrading && name == header::UPGRADE)
+                && headers.contains_key(&name)
+            {
+                doomed.push(name);
+            }
         }
+    }
+    for name in doomed {
         headers.remove(name);
-    }
-    if !upgrading {
-        headers.remove(header::UPGRADE);
-    }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy_headers: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for name in proxy_headers {
-            headers.remove(name);
-        }
     }
     if upgrading {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
