@@ -56,9 +56,9 @@ pub fn response(
 pub struct RequestRecord {
     pub start: Instant,
     pub method: Method,
-    /// The path only: the query may carry codes or tokens.
-    pub path: String,
-    pub request_id: String,
+    /// Only its path is logged: the query may carry codes or tokens.
+    pub uri: http::Uri,
+    pub request_id: http::HeaderValue,
     pub route: RouteClass,
     pub status: u16,
     pub upstream: Option<Duration>,
@@ -75,14 +75,15 @@ impl Drop for RequestRecord {
         if let Some(conn) = &self.conn {
             conn.request_done();
         }
+        let request_id = self.request_id.to_str().unwrap_or_default();
         let entry = crate::access_log::Entry {
             method: &self.method,
-            path: &self.path,
+            path: self.uri.path(),
             status: self.status,
             route: self.route,
             duration: total,
             upstream: self.upstream,
-            request_id: &self.request_id,
+            request_id,
         };
         if crate::access_log::write(&entry) {
             return;
@@ -91,12 +92,12 @@ impl Drop for RequestRecord {
         tracing::info!(
             target: "emp_sidecar::access",
             method = %self.method,
-            path = %self.path,
+            path = %self.uri.path(),
             status = self.status,
             route = self.route.as_str(),
             duration_ms = total.as_secs_f64() * 1000.0,
             upstream_ms,
-            request_id = %self.request_id,
+            request_id = %request_id,
             "request"
         );
     }

@@ -149,8 +149,8 @@ impl App {
         let mut record = RequestRecord {
             start,
             method: req.method().clone(),
-            path: req.uri().path().to_string(),
-            request_id: request_id.to_str().unwrap_or_default().to_string(),
+            uri: req.uri().clone(),
+            request_id: request_id.clone(),
             route: route.class(),
             status: 0,
             upstream: None,
@@ -171,12 +171,12 @@ impl App {
                 if let Some(kind) = e.upstream_kind() {
                     self.metrics.upstream_error(kind);
                     tracing::warn!(
-                        request_id = %record.request_id,
+                        request_id = record.request_id.to_str().unwrap_or_default(),
                         error = %chain(&e),
                         "upstream request failed"
                     );
                 }
-                e.into_response(&record.request_id)
+                e.into_response(record.request_id.to_str().unwrap_or_default())
             }
         };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
@@ -321,7 +321,22 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 /// folded, `.` and `..` segments resolved. `routes.skip_auth` is matched
 /// against this form, so `/public/../admin` or `/public/%2e%2e/admin` cannot
 /// reach a protected path through a skip-auth rule.
-pub fn normalize_path(raw: &str) -> String {
+pub fn normalize_path(raw: &str) -> std::borrow::Cow<'_, str> {
+    // Nearly every path is normal already: nothing to decode, fold or resolve.
+    let plain = raw.starts_with('/')
+        && !raw.contains(['%', '\\'])
+        && !raw.contains("//")
+        && !raw.contains("/./")
+        && !raw.contains("/../")
+        && !raw.ends_with("/.")
+        && !raw.ends_with("/..");
+    if plain {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    std::borrow::Cow::Owned(normalize_slow(raw))
+}
+
+fn normalize_slow(raw: &str) -> String {
     let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split(['/', '\\']) {
@@ -359,6 +374,13 @@ mod tests {
         assert_eq!(normalize_path("/public%2F..%2F..%2Fadmin"), "/admin");
         assert_eq!(normalize_path("//public//x/"), "/public/x/");
         assert_eq!(normalize_path("/public\\..\\admin"), "/admin");
+        // The shortcut for plain paths agrees with the full normalisation.
+        for p in [
+            "/", "/a", "/a/", "/a/b.c", "/a/.b", "/a/..b", "/a.", "/.a/", "/a/b/..", "/a/.",
+            "/a//b", "/a/./b", "/a/../b", "/..", "/.", "//", "/a%2fb", "/a\\b", "*", "",
+        ] {
+            assert_eq!(normalize_path(p), normalize_slow(p), "{p:?}");
+        }
         assert_eq!(normalize_path("/../../etc"), "/etc");
         assert_eq!(normalize_path("/a/%zz"), "/a/%zz");
         assert_eq!(normalize_path("/a/%2"), "/a/%2");
