@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::browser::Browser;
-use support::upbond::{AUDIENCE, CLIENT_ID, CLIENT_SECRET, Fault, Upbond};
+use support::upbond::{AUDIENCE, CLIENT_ID, CLIENT_SECRET, Discovery, Fault, Upbond};
 use support::{Conf, Sidecar, http_client, metric, seen, upstream};
 
 fn conf(up: &str, mock: &Upbond) -> Conf {
@@ -238,5 +238,32 @@ async fn each_failed_id_token_check_refuses_the_login_and_creates_no_session() {
     let resp = through_callback(&mut b, &sc.url("/app/echo")).await;
     assert_eq!(Browser::location(&resp), "/app/echo");
     assert!(b.cookies.contains_key("_emp_sidecar"));
+    sc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_discovery_keeps_the_last_good_document_and_is_retried_later() {
+    let mock = Upbond::start(3600).await;
+    mock.set_discovery(Discovery::Served);
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&conf(&up.url(), &mock).provider("discovery_refresh = \"1s\"")).await;
+    let discovery = "/.well-known/openid-configuration";
+    let login = || async {
+        let mut b = Browser::new();
+        let resp = through_callback(&mut b, &sc.url("/app/echo")).await;
+        assert_eq!(Browser::location(&resp), "/app/echo");
+    };
+    login().await;
+    assert_eq!(mock.count(discovery), 1);
+
+    // Past discovery_refresh the document is due again, and the provider fails it:
+    // the login still works on the last good copy.
+    mock.set_discovery(Discovery::Failing);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    login().await;
+    assert_eq!(mock.count(discovery), 2, "one attempt to re-read it");
+    // The next attempt waits (10 s after a failure), the logins do not.
+    login().await;
+    assert_eq!(mock.count(discovery), 2);
     sc.shutdown().await;
 }

@@ -61,6 +61,17 @@ pub enum Fault {
     Missing,
 }
 
+/// What `/.well-known/openid-configuration` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// 404, as UPBOND's document describes no discovery.
+    Absent,
+    /// A document naming this mock's endpoints.
+    Served,
+    /// 500.
+    Failing,
+}
+
 /// A request as the mock received it.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -88,6 +99,7 @@ struct State {
     ec_key: EncodingKey,
     ec_jwk: Value,
     es256: bool,
+    discovery: Discovery,
     fault: Fault,
     codes: HashMap<String, Login>,
     seen: Vec<Seen>,
@@ -134,6 +146,7 @@ impl Upbond {
             ec_key,
             ec_jwk,
             es256: false,
+            discovery: Discovery::Absent,
             fault: Fault::None,
             codes: HashMap::new(),
             seen: Vec::new(),
@@ -167,6 +180,10 @@ impl Upbond {
 
     pub fn set_fault(&self, fault: Fault) {
         self.state.lock().unwrap().fault = fault;
+    }
+
+    pub fn set_discovery(&self, d: Discovery) {
+        self.state.lock().unwrap().discovery = d;
     }
 
     /// Signs the next id_tokens with the P-256 key (ES256) instead of RSA.
@@ -256,6 +273,23 @@ async fn handle(
     let resp = match (seen.method.as_str(), seen.path.as_str()) {
         ("GET", "/authorize") => authorize(&mut st, &seen),
         ("POST", "/oauth/token") => token(&mut st, &seen),
+        ("GET", "/.well-known/openid-configuration") => match st.discovery {
+            Discovery::Absent => reply(404, "text/plain", "not found"),
+            Discovery::Failing => reply(500, "text/plain", "internal error"),
+            Discovery::Served => {
+                let iss = st.issuer.clone();
+                json_reply(
+                    200,
+                    json!({
+                        "issuer": iss,
+                        "authorization_endpoint": format!("{iss}authorize"),
+                        "token_endpoint": format!("{iss}oauth/token"),
+                        "jwks_uri": format!("{iss}.well-known/jwks.json"),
+                        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+                    }),
+                )
+            }
+        },
         ("GET", "/.well-known/jwks.json") => {
             json_reply(200, json!({"keys": [st.jwk.clone(), st.ec_jwk.clone()]}))
         }
