@@ -430,17 +430,11 @@ pub async fn wait_in_flight(metrics_url: &str, n: u32) -> bool {
     false
 }
 
-/// Sends authenticated requests to `url` (at most 5 s) until `emp` has
-/// answered a refresh; every request must succeed.
+/// Sends authenticated requests to `url` (an upstream `echo`, at most 5 s)
+/// until `emp` has answered a refresh; every request must succeed.
 pub async fn browse_until_refresh(url: &str, cookie: &str, emp: &emp_sidecar::mock_emp::MockEmp) {
     for _ in 0..100 {
-        let resp = http_client()
-            .get(url)
-            .header("cookie", cookie)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        echo_with(cookie, url).await;
         if emp.refreshes() > 0 {
             return;
         }
