@@ -26,9 +26,9 @@ pub const TARGET: &str = "emp_sidecar::access";
 static OUT: OnceLock<Option<File>> = OnceLock::new();
 
 /// Turns the hand-written JSON line on, writing to `out` (a duplicate of
-/// stdout), when the filter lets `emp_sidecar::access` INFO events through.
-/// Left uninstalled, [`write`] reports `false` and the caller logs through
-/// tracing.
+/// stdout). `telemetry::init` calls it only for the JSON format and when the
+/// filter lets `emp_sidecar::access` INFO events through. Left uninstalled,
+/// [`write`] reports `false` and the caller logs through tracing.
 pub fn install(out: Option<File>) {
     let _ = OUT.set(out);
 }

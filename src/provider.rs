@@ -373,6 +373,16 @@ pub(crate) fn token_set(endpoint: Endpoint, v: &Value) -> Result<TokenSet, IdpEr
     })
 }
 
+/// `{base}{path}` (`path` starting with `/`), keeping any path the base URL
+/// has, without its trailing slash: `https://idp/realms/x/` + `/token`.
+pub(crate) fn endpoint(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let joined = format!("{}{path}", base.path().trim_end_matches('/'));
+    url.set_path(&joined);
+    url.set_query(None);
+    url
+}
+
 /// The HTTP client for IdP calls: rustls, bounded time per call.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()

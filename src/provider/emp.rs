@@ -13,7 +13,8 @@ use std::sync::Arc;
 use url::Url;
 
 use super::{
-    BoxFuture, Callback, Endpoint, IdpError, LoginRequest, Provider, TokenSet, call, token_set,
+    BoxFuture, Callback, Endpoint, IdpError, LoginRequest, Provider, TokenSet, call, endpoint,
+    token_set,
 };
 use crate::config::ProviderConfig;
 use crate::metrics::Metrics;
@@ -28,21 +29,12 @@ pub struct Emp {
     metrics: Arc<Metrics>,
 }
 
-/// `{base}/name`, keeping any path the base URL has.
-fn endpoint(base: &Url, name: &str) -> Url {
-    let mut url = base.clone();
-    let path = format!("{}/{name}", base.path().trim_end_matches('/'));
-    url.set_path(&path);
-    url.set_query(None);
-    url
-}
-
 impl Emp {
     pub fn new(cfg: &ProviderConfig, http: reqwest::Client, metrics: Arc<Metrics>) -> Self {
         Self {
-            authorize: endpoint(&cfg.base_url, "authorize"),
-            token: endpoint(&cfg.base_url, "token"),
-            profile: cfg.profile.then(|| endpoint(&cfg.base_url, "profile")),
+            authorize: endpoint(&cfg.base_url, "/authorize"),
+            token: endpoint(&cfg.base_url, "/token"),
+            profile: cfg.profile.then(|| endpoint(&cfg.base_url, "/profile")),
             client_id: cfg.client_id.clone(),
             redirect_uri: cfg.redirect_url.to_string(),
             http,
@@ -144,12 +136,12 @@ mod tests {
     fn endpoints_keep_the_base_path() {
         let base = Url::parse("https://emp.example/lg/v1/").unwrap();
         assert_eq!(
-            endpoint(&base, "token").as_str(),
+            endpoint(&base, "/token").as_str(),
             "https://emp.example/lg/v1/token"
         );
         let base = Url::parse("https://emp.example").unwrap();
         assert_eq!(
-            endpoint(&base, "authorize").as_str(),
+            endpoint(&base, "/authorize").as_str(),
             "https://emp.example/authorize"
         );
     }

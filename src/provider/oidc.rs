@@ -29,7 +29,7 @@ use url::Url;
 use super::jwks::{self, Expect, KeySet, TokenHeader};
 use super::{
     BoxFuture, Callback, Endpoint, IdTokenFailure, IdpError, LoginRequest, Provider, TokenSet,
-    call, token_set, wire,
+    call, endpoint, token_set, wire,
 };
 use crate::config::{ProviderConfig, ProviderKind, TokenAuthMethod};
 use crate::metrics::Metrics;
@@ -84,15 +84,6 @@ pub struct Oidc {
     keys_turn: tokio::sync::Mutex<()>,
 }
 
-/// `{base}/path`, keeping any path the base URL has (without its trailing slash).
-fn under(base: &Url, path: &str) -> Url {
-    let mut url = base.clone();
-    let joined = format!("{}{path}", base.path().trim_end_matches('/'));
-    url.set_path(&joined);
-    url.set_query(None);
-    url
-}
-
 fn invalid(endpoint: Endpoint, reason: impl Into<String>) -> IdpError {
     IdpError::InvalidResponse {
         endpoint,
@@ -114,12 +105,6 @@ fn scopes(kind: ProviderKind, configured: &str) -> String {
         list.insert(0, "openid");
     }
     list.join(" ")
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Oidc {
@@ -216,10 +201,10 @@ impl Oidc {
         let plain = self.base.as_str().trim_end_matches('/').to_string();
         Metadata {
             issuers: vec![format!("{plain}/"), plain],
-            authorization_endpoint: under(&self.base, "/authorize"),
-            token_endpoint: under(&self.base, "/oauth/token"),
-            jwks_uri: under(&self.base, "/.well-known/jwks.json"),
-            userinfo_endpoint: Some(under(&self.base, "/userinfo")),
+            authorization_endpoint: endpoint(&self.base, "/authorize"),
+            token_endpoint: endpoint(&self.base, "/oauth/token"),
+            jwks_uri: endpoint(&self.base, "/.well-known/jwks.json"),
+            userinfo_endpoint: Some(endpoint(&self.base, "/userinfo")),
             // No document to restrict them: the published keys decide.
             algorithms: jwks::ACCEPTED.to_vec(),
         }
@@ -227,7 +212,7 @@ impl Oidc {
 
     async fn discover(&self) -> Result<Metadata, IdpError> {
         const E: Endpoint = Endpoint::Discovery;
-        let url = under(&self.base, "/.well-known/openid-configuration");
+        let url = endpoint(&self.base, "/.well-known/openid-configuration");
         let doc = call(&self.metrics, E, self.http.get(url)).await?;
         let issuer = wire::string(&doc, "issuer").ok_or_else(|| invalid(E, "no issuer"))?;
         // OpenID Connect Discovery 4.3: the issuer must be the one asked
@@ -345,7 +330,7 @@ impl Oidc {
             nonce,
             subject,
             leeway_secs: self.leeway.as_secs(),
-            now: unix_now(),
+            now: jsonwebtoken::get_current_timestamp(),
         };
         jwks::verify(token, &header, &keys, &expect).map_err(|r| self.refused(endpoint, r))
     }
@@ -533,12 +518,12 @@ mod tests {
     fn endpoints_hang_under_the_issuer_path() {
         let base = Url::parse("https://auth3.upbond.io/").unwrap();
         assert_eq!(
-            under(&base, "/oauth/token").as_str(),
+            endpoint(&base, "/oauth/token").as_str(),
             "https://auth3.upbond.io/oauth/token"
         );
         let base = Url::parse("https://idp.example/realms/x").unwrap();
         assert_eq!(
-            under(&base, "/.well-known/openid-configuration").as_str(),
+            endpoint(&base, "/.well-known/openid-configuration").as_str(),
             "https://idp.example/realms/x/.well-known/openid-configuration"
         );
     }

@@ -33,12 +33,23 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 }
 
 fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The comma-separated tokens of every `Connection` header, trimmed.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
+}
+
+/// A header that only concerns one connection by its name alone (those a
+/// `Connection` header lists are hop-by-hop too).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
 }
 
 /// Removes hop-by-hop headers. `Upgrade` (and a `Connection: upgrade`) stay
@@ -49,26 +60,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     // by name would hash every name in the list.
     let mut doomed: Vec<HeaderName> = Vec::new();
     for k in headers.keys() {
-        let hop = HOP_BY_HOP.contains(k)
-            || (k == header::UPGRADE && !upgrading)
-            || k.as_str().starts_with("proxy-");
-        if hop {
+        if is_hop_by_hop(k) || (k == header::UPGRADE && !upgrading) {
             doomed.push(k.clone());
         }
     }
     // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
-    for v in headers.get_all(header::CONNECTION) {
-        let Ok(v) = v.to_str() else { continue };
-        for token in v.split(',').map(str::trim) {
-            if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
-                continue; // options, or a header the pass above caught
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-                && !(upgrading && name == header::UPGRADE)
-                && headers.contains_key(&name)
-            {
-                doomed.push(name);
-            }
+    for token in connection_tokens(headers) {
+        if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+            continue; // options, or a header the pass above caught
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            && !(upgrading && name == header::UPGRADE)
+            && headers.contains_key(&name)
+        {
+            doomed.push(name);
         }
     }
     for name in doomed {
@@ -81,8 +86,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
 
 /// Headers a claim may not be mapped to: the proxy manages them.
 pub fn is_reserved(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-        || name.as_str().starts_with("proxy-")
+    is_hop_by_hop(name)
         || [
             &header::HOST,
             &header::COOKIE,
