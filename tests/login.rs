@@ -38,16 +38,6 @@ async fn logged_in(w: &World) -> Browser {
     b
 }
 
-/// An API request (no text/html) with the browser's cookies.
-async fn api(b: &Browser, url: &str) -> reqwest::Response {
-    http_client()
-        .get(url)
-        .header("cookie", b.cookie_header())
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn metrics(w: &World) -> String {
     support::get_text(&w.sc.url("/metrics")).await
 }
@@ -194,7 +184,7 @@ async fn auth_request_and_userinfo_answer_from_the_session_and_never_redirect() 
     assert_eq!(anon.get(&w.sc.url("/oauth2/userinfo")).await.status(), 401);
 
     let b = logged_in(&w).await;
-    let resp = api(&b, &w.sc.url("/oauth2/auth")).await;
+    let resp = b.api(&w.sc.url("/oauth2/auth")).await;
     assert_eq!(resp.status(), 202);
     let h = resp.headers();
     assert_eq!(h["x-auth-request-user"], "alice");
@@ -204,7 +194,8 @@ async fn auth_request_and_userinfo_answer_from_the_session_and_never_redirect() 
             .access_token_valid(h["x-auth-request-access-token"].to_str().unwrap())
     );
     assert_eq!(h["x-country"], "KR");
-    let info: Value = api(&b, &w.sc.url("/oauth2/userinfo"))
+    let info: Value = b
+        .api(&w.sc.url("/oauth2/userinfo"))
         .await
         .json()
         .await
@@ -236,7 +227,7 @@ async fn tokens_are_refreshed_ahead_so_the_upstream_never_sees_an_expired_one() 
     let b = logged_in(&w).await;
     let mut tokens = std::collections::HashSet::new();
     for _ in 0..70 {
-        let resp = api(&b, &w.sc.url("/app/echo")).await;
+        let resp = b.api(&w.sc.url("/app/echo")).await;
         assert_eq!(resp.status(), 200);
         let token = bearer(&resp.json().await.unwrap());
         assert!(
@@ -272,7 +263,7 @@ async fn tokens_are_refreshed_ahead_so_the_upstream_never_sees_an_expired_one() 
 async fn requests_do_not_wait_while_a_slow_refresh_runs() {
     let w = world(Duration::from_secs(4), |c| c).await;
     let b = logged_in(&w).await;
-    let first = bearer(&api(&b, &w.sc.url("/app/echo")).await.json().await.unwrap());
+    let first = bearer(&b.api(&w.sc.url("/app/echo")).await.json().await.unwrap());
     // Refresh is due after 2 s; the IdP takes 1.5 s to answer it.
     w.emp.set_refresh_delay(Duration::from_millis(1500));
     let refresh_started = || {
@@ -284,7 +275,7 @@ async fn requests_do_not_wait_while_a_slow_refresh_runs() {
     };
     let mut during = 0;
     for _ in 0..80 {
-        let resp = api(&b, &w.sc.url("/app/echo")).await;
+        let resp = b.api(&w.sc.url("/app/echo")).await;
         let token = bearer(&resp.json().await.unwrap());
         if refresh_started() && w.emp.refreshes() == 0 {
             // The refresh is in flight at the IdP: this request was answered
@@ -308,7 +299,7 @@ async fn requests_do_not_wait_while_a_slow_refresh_runs() {
 async fn two_hundred_concurrent_requests_on_an_expired_session_cause_one_refresh() {
     let w = world(Duration::from_secs(1), |c| c).await;
     let b = logged_in(&w).await;
-    let token = bearer(&api(&b, &w.sc.url("/app/echo")).await.json().await.unwrap());
+    let token = bearer(&b.api(&w.sc.url("/app/echo")).await.json().await.unwrap());
     // Wait (bounded) until the token has expired at the IdP.
     for _ in 0..100 {
         if !w.emp.access_token_valid(&token) {
@@ -325,14 +316,7 @@ async fn two_hundred_concurrent_requests_on_an_expired_session_cause_one_refresh
     for _ in 0..200 {
         let (cookie, url) = (cookie.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
-            let resp = http_client()
-                .get(url)
-                .header("cookie", cookie)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
-            bearer(&resp.json().await.unwrap())
+            bearer(&support::echo_with(&cookie, &url).await)
         }));
     }
     let mut seen_tokens = std::collections::HashSet::new();
@@ -354,7 +338,7 @@ async fn a_revoked_refresh_token_ends_the_session() {
     let mut b = logged_in(&w).await;
     w.emp.revoke_refresh_tokens();
     tokio::time::sleep(Duration::from_millis(1100)).await; // past the 1 s lifetime
-    let resp = api(&b, &w.sc.url("/app/echo")).await;
+    let resp = b.api(&w.sc.url("/app/echo")).await;
     assert_eq!(resp.status(), 401);
     // The session is gone: a browser is sent to log in again.
     let resp = b.get(&w.sc.url("/app/echo")).await;
@@ -370,22 +354,22 @@ async fn a_revoked_refresh_token_ends_the_session() {
 async fn an_idp_outage_keeps_sessions_on_their_token_then_answers_503() {
     let w = world(Duration::from_secs(3), |c| c).await;
     let b = logged_in(&w).await;
-    let first = bearer(&api(&b, &w.sc.url("/app/echo")).await.json().await.unwrap());
+    let first = bearer(&b.api(&w.sc.url("/app/echo")).await.json().await.unwrap());
     w.emp.set_down(true);
     // Inside the refresh window the refresh fails; the valid token stays in use.
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    let resp = api(&b, &w.sc.url("/app/echo")).await;
+    let resp = b.api(&w.sc.url("/app/echo")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(bearer(&resp.json().await.unwrap()), first);
     // Expired with the IdP still down: 503, never the expired token.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let resp = api(&b, &w.sc.url("/app/echo")).await;
+    let resp = b.api(&w.sc.url("/app/echo")).await;
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "identity_provider_unavailable");
     // The IdP is back: the same session goes on.
     w.emp.set_down(false);
-    let resp = api(&b, &w.sc.url("/app/echo")).await;
+    let resp = b.api(&w.sc.url("/app/echo")).await;
     assert_eq!(resp.status(), 200);
     assert!(
         w.emp
@@ -613,7 +597,7 @@ async fn sign_out_ends_the_session_on_the_server_too() {
     let w = world(Duration::from_secs(3600), |c| c).await;
     let mut b = logged_in(&w).await;
     let stolen = b.cookie_header();
-    assert_eq!(api(&b, &w.sc.url("/app/echo")).await.status(), 200);
+    assert_eq!(b.api(&w.sc.url("/app/echo")).await.status(), 200);
     let resp = b.get(&w.sc.url("/oauth2/sign_out?rd=/goodbye")).await;
     assert_eq!(Browser::location(&resp), "/goodbye");
     assert!(
@@ -640,7 +624,7 @@ async fn sign_out_ends_the_session_on_the_server_too() {
         )
         .await;
     assert_eq!(Browser::location(&resp), "/");
-    assert_eq!(api(&b, &w.sc.url("/app/echo")).await.status(), 401);
+    assert_eq!(b.api(&w.sc.url("/app/echo")).await.status(), 401);
 }
 
 #[tokio::test]

@@ -97,16 +97,9 @@ async fn no_id_token_nonce_verifier_or_secret_in_any_log_line_with_upbond() {
     let callback = Browser::location(&b.get(&authorize).await);
     assert_eq!(b.get(&callback).await.status(), 302);
     // Until the refresh: the mock has issued a second access token.
-    let client = support::http_client();
     for i in 0.. {
         assert!(i < 100, "no refresh within 10 s");
-        let r = client
-            .get(sc.url("/app/echo"))
-            .header("cookie", b.cookie_header())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(b.api(&sc.url("/app/echo")).await.status(), 200);
         if mock.count("/oauth/token") >= 2 {
             break;
         }

@@ -46,10 +46,6 @@ async fn login(b: &mut Browser, start: &str) -> HashMap<String, String> {
     q
 }
 
-async fn echo(b: &Browser, url: &str) -> Value {
-    support::echo_with(&b.cookie_header(), url).await
-}
-
 #[tokio::test]
 async fn login_with_discovery_pkce_and_nonce_puts_verified_claims_upstream() {
     let op = OpenIdProvider::start(0, Duration::from_secs(3600));
@@ -79,7 +75,7 @@ async fn login_with_discovery_pkce_and_nonce_puts_verified_claims_upstream() {
     assert_eq!(tokens[0]["code_verifier"], true);
 
     // The upstream gets the access token and the id_token's claims.
-    let e = echo(&b, &sc.url("/app/echo?q=1")).await;
+    let e = b.echo(&sc.url("/app/echo?q=1")).await;
     let bearer = &seen(&e, "authorization")[0];
     assert!(bearer.starts_with("Bearer ey"), "{bearer}");
     assert_eq!(seen(&e, "x-auth-request-user"), ["johndoe"]);
@@ -87,17 +83,12 @@ async fn login_with_discovery_pkce_and_nonce_puts_verified_claims_upstream() {
     assert_eq!(seen(&e, "x-user-groups"), ["staff,admins"]);
 
     // /oauth2/userinfo and /oauth2/auth answer from the same claims.
-    let info: Value = echo(&b, &sc.url("/oauth2/userinfo")).await;
+    let info: Value = b.echo(&sc.url("/oauth2/userinfo")).await;
     assert_eq!(info["sub"], "johndoe");
     assert_eq!(info["iss"], op.issuer.as_str());
     assert_eq!(info["aud"], "sidecar-client");
     assert_eq!(info["name"], "John Doe");
-    let auth = http_client()
-        .get(sc.url("/oauth2/auth"))
-        .header("cookie", b.cookie_header())
-        .send()
-        .await
-        .unwrap();
+    let auth = b.api(&sc.url("/oauth2/auth")).await;
     assert_eq!(auth.status(), 202);
     assert_eq!(auth.headers()["x-auth-request-user"], "johndoe");
     assert_eq!(
@@ -135,7 +126,7 @@ async fn refresh_keeps_working_when_the_provider_rotates_its_key_mid_session() {
     let sc = Sidecar::start(&conf(&up.url(), &op.issuer).token("refresh_margin = \"2s\"")).await;
     let mut b = Browser::new();
     login(&mut b, &sc.url("/app/echo")).await;
-    let first = seen(&echo(&b, &sc.url("/app/echo")).await, "authorization")[0].clone();
+    let first = seen(&b.echo(&sc.url("/app/echo")).await, "authorization")[0].clone();
 
     // The provider rotates to a new key. (RS256: its discovery document
     // announces only RS256, and the sidecar accepts only what is announced.)
@@ -145,7 +136,7 @@ async fn refresh_keeps_working_when_the_provider_rotates_its_key_mid_session() {
     // Browse until the refreshed token reaches the upstream; every request is served.
     let deadline = Instant::now() + Duration::from_secs(30);
     let refreshed = loop {
-        let e = echo(&b, &sc.url("/app/echo")).await;
+        let e = b.echo(&sc.url("/app/echo")).await;
         let now = seen(&e, "authorization")[0].clone();
         if now != first {
             break now;
@@ -180,10 +171,7 @@ async fn refresh_keeps_working_when_the_provider_rotates_its_key_mid_session() {
     let mut b2 = Browser::new();
     login(&mut b2, &sc.url("/app/echo")).await;
     assert_eq!(
-        seen(
-            &echo(&b2, &sc.url("/app/echo")).await,
-            "x-auth-request-user"
-        ),
+        seen(&b2.echo(&sc.url("/app/echo")).await, "x-auth-request-user"),
         ["johndoe"]
     );
     sc.shutdown().await;
@@ -215,7 +203,7 @@ async fn client_secret_post_and_userinfo_claims() {
     assert_eq!(userinfo.len(), 1);
     assert_eq!(userinfo[0]["bearer"], true);
 
-    let e = echo(&b, &sc.url("/app/echo")).await;
+    let e = b.echo(&sc.url("/app/echo")).await;
     assert_eq!(
         seen(&e, "x-user-nick"),
         ["johnny"],
@@ -244,7 +232,7 @@ async fn a_provider_down_at_first_gives_a_clear_502_and_discovery_recovers() {
     let _op = OpenIdProvider::start(port, Duration::from_secs(3600));
     login(&mut b, &sc.url("/app/echo")).await;
     assert_eq!(
-        seen(&echo(&b, &sc.url("/app/echo")).await, "x-auth-request-user"),
+        seen(&b.echo(&sc.url("/app/echo")).await, "x-auth-request-user"),
         ["johndoe"]
     );
     sc.shutdown().await;

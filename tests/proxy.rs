@@ -433,14 +433,7 @@ async fn gateway_timeout_when_upstream_is_too_slow() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let metrics = client
-        .get(sc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::get_text(&sc.url("/metrics")).await;
     assert!(metrics.contains(r#"emp_sidecar_upstream_errors_total{kind="response_timeout"} 1"#));
     sc.shutdown().await;
 }

@@ -7,10 +7,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::browser::Browser;
 use support::upbond::{AUDIENCE, CLIENT_ID, CLIENT_SECRET, Discovery, Fault, Upbond};
-use support::{Conf, Sidecar, http_client, metric, seen, upstream};
+use support::{Conf, Sidecar, metric, seen, upstream};
 
 fn conf(up: &str, mock: &Upbond) -> Conf {
     Conf::new(up)
@@ -29,10 +28,6 @@ fn keys(pairs: &[(String, String)]) -> Vec<&str> {
 
 fn value<'a>(pairs: &'a [(String, String)], key: &str) -> &'a str {
     &pairs.iter().find(|(k, _)| k == key).unwrap().1
-}
-
-async fn echo(b: &Browser, url: &str) -> Value {
-    support::echo_with(&b.cookie_header(), url).await
 }
 
 /// Browser to the callback; returns the callback's response.
@@ -121,7 +116,7 @@ async fn upbond_login_and_refresh_speak_the_documented_wire_format() {
     assert_eq!(value(&t.form, "client_secret"), CLIENT_SECRET);
     assert_eq!(value(&t.form, "redirect_uri"), value(&q, "redirect_uri"));
 
-    let e = echo(&b, &sc.url("/app/echo")).await;
+    let e = b.echo(&sc.url("/app/echo")).await;
     assert_eq!(seen(&e, "authorization"), ["Bearer upbond-at-1"]);
     assert_eq!(seen(&e, "x-auth-request-user"), ["upbond|user-42"]);
     assert_eq!(seen(&e, "x-wallet"), ["0x42"]);
@@ -129,7 +124,7 @@ async fn upbond_login_and_refresh_speak_the_documented_wire_format() {
     // Refresh (numeric expires_in of 4 s, 1 s ahead): the standard grant, form-encoded.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let e = echo(&b, &sc.url("/app/echo")).await;
+        let e = b.echo(&sc.url("/app/echo")).await;
         if seen(&e, "authorization") == ["Bearer upbond-at-2"] {
             break;
         }
@@ -155,10 +150,7 @@ async fn upbond_login_and_refresh_speak_the_documented_wire_format() {
     let done = through_callback(&mut b2, &sc.url("/app/echo")).await;
     assert_eq!(Browser::location(&done), "/app/echo");
     assert_eq!(
-        seen(
-            &echo(&b2, &sc.url("/app/echo")).await,
-            "x-auth-request-user"
-        ),
+        seen(&b2.echo(&sc.url("/app/echo")).await, "x-auth-request-user"),
         ["upbond|user-42"]
     );
     sc.shutdown().await;
@@ -197,12 +189,7 @@ async fn each_failed_id_token_check_refuses_the_login_and_creates_no_session() {
             !b.cookies.contains_key("_emp_sidecar"),
             "{fault:?}: a session cookie was set"
         );
-        let info = http_client()
-            .get(sc.url("/oauth2/userinfo"))
-            .header("cookie", b.cookie_header())
-            .send()
-            .await
-            .unwrap();
+        let info = b.api(&sc.url("/oauth2/userinfo")).await;
         assert_eq!(info.status(), 401, "{fault:?}");
         let m = support::get_text(&sc.url("/metrics")).await;
         let want = if fault == Fault::AlgorithmHmac {

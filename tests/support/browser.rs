@@ -70,6 +70,22 @@ impl Browser {
         resp
     }
 
+    /// An API request (no text/html) with this browser's cookies; cookies
+    /// it sets are not kept.
+    pub async fn api(&self, url: &str) -> Response {
+        self.client
+            .get(url)
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// [`Self::api`] to an upstream `echo` route: expects 200, returns its JSON.
+    pub async fn echo(&self, url: &str) -> serde_json::Value {
+        super::echo_with(&self.cookie_header(), url).await
+    }
+
     pub async fn get(&mut self, url: &str) -> Response {
         self.send(Method::GET, url, None).await
     }
