@@ -150,28 +150,15 @@ impl Pool {
         .map_err(|_| PoolError::ConnectTimeout)?
         .map_err(PoolError::Connect)?;
         let _ = tcp.set_nodelay(true);
-        let builder = http1::Builder::new();
         match &c.tls {
-            None => {
-                let (tx, conn) = builder
-                    .handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(PoolError::Handshake)?;
-                tokio::spawn(drive(conn));
-                Ok(tx)
-            }
+            None => handshake(tcp).await,
             Some((connector, name)) => {
                 let tls =
                     tokio::time::timeout(c.connect_timeout, connector.connect(name.clone(), tcp))
                         .await
                         .map_err(|_| PoolError::ConnectTimeout)?
                         .map_err(PoolError::Tls)?;
-                let (tx, conn) = builder
-                    .handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(PoolError::Handshake)?;
-                tokio::spawn(drive(conn));
-                Ok(tx)
+                handshake(tls).await
             }
         }
     }
@@ -194,6 +181,19 @@ impl Pool {
             body
         })
     }
+}
+
+/// HTTP/1.1 over an established (plain or TLS) connection, its driver spawned.
+async fn handshake<T>(io: T) -> Result<SendRequest<SentBody>, PoolError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(PoolError::Handshake)?;
+    tokio::spawn(drive(conn));
+    Ok(tx)
 }
 
 /// Runs one connection until it closes; upgrades (WebSocket) stay possible.
