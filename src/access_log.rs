@@ -92,12 +92,11 @@ fn format_line(line: &mut Line, now: SystemTime, e: &Entry<'_>) {
     json_str(t, e.method.as_str());
     t.extend_from_slice(b",\"path\":");
     json_str(t, e.path);
-    let _ = write!(
-        t,
-        ",\"status\":{},\"route\":\"{}\",\"duration_ms\":",
-        e.status,
-        e.route.as_str()
-    );
+    t.extend_from_slice(b",\"status\":");
+    t.extend_from_slice(itoa::Buffer::new().format(e.status).as_bytes());
+    t.extend_from_slice(b",\"route\":\"");
+    t.extend_from_slice(e.route.as_str().as_bytes());
+    t.extend_from_slice(b"\",\"duration_ms\":");
     millis(t, e.duration);
     if let Some(up) = e.upstream {
         t.extend_from_slice(b",\"upstream_ms\":");
@@ -108,9 +107,16 @@ fn format_line(line: &mut Line, now: SystemTime, e: &Entry<'_>) {
     t.extend_from_slice(b",\"target\":\"emp_sidecar::access\"}\n");
 }
 
-/// A JSON string, escaped by serde_json.
+/// A JSON string: copied as it is when nothing in it needs escaping (the
+/// usual path and request id), escaped by serde_json otherwise.
 fn json_str(t: &mut Vec<u8>, s: &str) {
-    let _ = serde_json::to_writer(&mut *t, s);
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        t.push(b'"');
+        t.extend_from_slice(s.as_bytes());
+        t.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *t, s);
+    }
 }
 
 /// Milliseconds with microsecond precision: `15.900`.
@@ -205,8 +211,10 @@ mod tests {
         assert_eq!(v["request_id"], "rid-1");
         assert_eq!(v["target"], TARGET);
         entry.upstream = None;
+        entry.path = "/plain/ÿ~\u{7f}";
         format_line(&mut line, at, &entry);
         let v: serde_json::Value = serde_json::from_slice(&line.text).unwrap();
         assert!(v.get("upstream_ms").is_none());
+        assert_eq!(v["path"], "/plain/ÿ~\u{7f}");
     }
 }

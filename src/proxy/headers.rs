@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that only concern one connection, besides those `Connection` lists
-/// and every `Proxy-*` header.
+/// and every `Proxy-*` header. (`strip_hop_by_hop` keeps one bit for each,
+/// and bit 5 for `Upgrade`.)
 const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -56,27 +57,47 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// only when `upgrading`, so a protocol switch can be relayed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     // One pass over the names finds what to remove; most messages carry
-    // nothing, or only `Connection: keep-alive`, and removing each candidate
-    // by name would hash every name in the list.
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    // nothing, or only `Connection: keep-alive`. The fixed names present are
+    // bits (bit i: HOP_BY_HOP[i], bit 5: Upgrade), so the usual case
+    // allocates nothing; `Proxy-*` and names `Connection` lists are rare.
+    const UPGRADE_BIT: u8 = 1 << 5;
+    let mut present = 0u8;
+    let mut listed: Vec<HeaderName> = Vec::new();
     for k in headers.keys() {
-        if is_hop_by_hop(k) || (k == header::UPGRADE && !upgrading) {
-            doomed.push(k.clone());
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        } else if k == header::UPGRADE {
+            if !upgrading {
+                present |= UPGRADE_BIT;
+            }
+        } else if k.as_str().starts_with("proxy-") {
+            listed.push(k.clone());
         }
     }
     // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
-    for token in connection_tokens(headers) {
-        if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
-            continue; // options, or a header the pass above caught
-        }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-            && !(upgrading && name == header::UPGRADE)
-            && headers.contains_key(&name)
-        {
-            doomed.push(name);
+    if present & 1 != 0 {
+        for token in connection_tokens(headers) {
+            if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                continue; // options, or a header the pass above caught
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                && !is_hop_by_hop(&name)
+                && name != header::UPGRADE
+                && headers.contains_key(&name)
+            {
+                listed.push(name);
+            }
         }
     }
-    for name in doomed {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    if present & UPGRADE_BIT != 0 {
+        headers.remove(header::UPGRADE);
+    }
+    for name in listed {
         headers.remove(name);
     }
     if upgrading {
@@ -252,6 +273,15 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["x-end-to-end"]);
+        // The usual upstream answer: only Connection goes.
+        let mut h = map(&[
+            ("server", "nginx"),
+            ("connection", "keep-alive"),
+            ("content-length", "3"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["server", "content-length"]);
     }
 
     #[test]
