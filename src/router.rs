@@ -143,7 +143,8 @@ impl App {
     pub async fn handle(&self, conn: &Conn, req: Request<Incoming>) -> Response<Recorded> {
         let start = Instant::now();
         self.metrics.in_flight.inc();
-        conn.activity.request_started();
+        conn.activity
+            .request_started(req.version() == http::Version::HTTP_2);
         let request_id = request_id(req.headers());
         let route = self.route(conn.listener, req.uri().path());
         let mut record = RequestRecord {

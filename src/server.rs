@@ -232,8 +232,9 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     // heads too large to buffer at all.
     let hard_limit = (2 * max_header + 4096).max(8192);
     b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout)
+        // The request-head timeout is the connection watchdog's
+        // (`server/activity.rs`); hyper's would arm a timer per request.
+        .header_read_timeout(None)
         .max_buf_size(hard_limit)
         .max_headers(512)
         .keep_alive(true);
@@ -378,8 +379,9 @@ async fn serve_io<I>(
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let idle = activity::idle(activity, ctx.app.config.server.idle_timeout);
-    tokio::pin!(idle);
+    let server = &ctx.app.config.server;
+    let watchdog = activity::watchdog(activity, server.idle_timeout, server.header_read_timeout);
+    tokio::pin!(watchdog);
     let mut stop = ctx.stop.clone();
     let mut closing = *stop.borrow();
     if closing {
@@ -397,10 +399,17 @@ async fn serve_io<I>(
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = &mut idle, if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-            }
+            expired = &mut watchdog, if !closing => match expired {
+                activity::Expired::Idle => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                // No request in flight: drop the connection, mid-head.
+                activity::Expired::Head => {
+                    tracing::debug!("request head not complete within header_read_timeout");
+                    return;
+                }
+            },
         }
     }
 }

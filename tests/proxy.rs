@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::Value;
 use support::{Conf, Sidecar, http_client, seen, upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -525,7 +526,10 @@ async fn slow_upstream_does_not_trip_the_idle_timeout() {
 #[tokio::test]
 async fn incomplete_request_head_is_cut_off_after_header_read_timeout() {
     let up = upstream::start(None).await;
-    let sc = Sidecar::start(&Conf::new(&up.url()).server("header_read_timeout = \"300ms\"")).await;
+    let sc = Sidecar::start(
+        &Conf::new(&up.url()).server("header_read_timeout = \"400ms\"\nidle_timeout = \"30s\""),
+    )
+    .await;
     // Connected, sent nothing.
     let mut silent = TcpStream::connect(sc.addr).await.unwrap();
     // Sent half a head.
@@ -542,6 +546,89 @@ async fn incomplete_request_head_is_cut_off_after_header_read_timeout() {
             .expect("connection closed in time");
     }
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+
+    // Slowloris: a head dribbled a byte every 50 ms keeps the socket busy
+    // (so the idle timeout never fires) but never completes.
+    let slow = TcpStream::connect(sc.addr).await.unwrap();
+    let (mut rd, mut wr) = slow.into_split();
+    let started = std::time::Instant::now();
+    let dribble = tokio::spawn(async move {
+        wr.write_all(b"GET /ping HTTP/1.1\r\n").await.unwrap();
+        for _ in 0..200 {
+            if wr.write_all(b"X").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut buf))
+        .await
+        .expect("slow head cut off in time");
+    let elapsed = started.elapsed();
+    dribble.abort();
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    // Not before the timeout, and well before the dribble's 10 s would end.
+    assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    sc.shutdown().await;
+}
+
+#[tokio::test]
+async fn header_read_timeout_spares_idle_keep_alive_and_http2_connections() {
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(
+        &Conf::new(&up.url()).server("header_read_timeout = \"300ms\"\nidle_timeout = \"30s\""),
+    )
+    .await;
+    // HTTP/1.1: quiet between two requests for longer than the head timeout.
+    // Waiting for the next request is the idle timeout's business.
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for round in 0..2 {
+        s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "round {round}: {}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+    }
+
+    // HTTP/2: the client pings every 50 ms between requests; those frames are
+    // read with no request in flight and must not count as a slow head.
+    let tcp = TcpStream::connect(sc.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(50))
+        .keep_alive_while_idle(true)
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    for round in 0..2 {
+        let req = hyper::Request::get(sc.url("/public/echo"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), tx.send_request(req))
+            .await
+            .expect("answered in time")
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(resp.status(), 200, "round {round}");
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+    }
+    assert!(!driver.is_finished(), "the HTTP/2 connection was closed");
+    driver.abort();
     sc.shutdown().await;
 }
 

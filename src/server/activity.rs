@@ -1,13 +1,27 @@
-//! Per-connection activity, for the keep-alive idle timeout: the socket counts
-//! its reads and writes, the request path counts requests in flight, and a
-//! watchdog closes the connection once it has seen neither for a full
-//! `server.idle_timeout`. A slow upstream (no bytes, one request in flight)
-//! therefore never counts as idle.
+//! Per-connection activity, for the keep-alive idle timeout and the request
+//! head timeout: the socket counts its reads and writes, the request path
+//! counts requests in flight, and one watchdog per connection checks both
+//! with a coarse tick (a quarter of the shorter timeout), the way nginx
+//! keeps lazy timers. Nothing on the request path arms a timer.
+//!
+//! - Idle: no bytes either way and no request in flight for a full
+//!   `server.idle_timeout`. A slow upstream (no bytes, one request in
+//!   flight) therefore never counts as idle.
+//! - Head: bytes arrived while no request was in flight (a request head is
+//!   being read) and no request has started for `server.header_read_timeout`
+//!   (slowloris). HTTP/2 connections are exempt once their first request has
+//!   started: between requests they read PING, SETTINGS and WINDOW_UPDATE
+//!   frames, which are not request heads.
+//!
+//! hyper's own `header_read_timeout` did the head part before, but it boxed a
+//! fresh timer for every request on a keep-alive connection (1 400
+//! instructions a request, benches/README.md) and also cut idle keep-alive
+//! connections at the head timeout.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,11 +31,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct ConnActivity {
     io_ops: AtomicU64,
     in_flight: AtomicUsize,
+    /// Requests started so far.
+    started: AtomicU64,
+    /// Bytes arrived with no request in flight, and no request started since.
+    reading_head: AtomicBool,
+    /// An HTTP/2 request has been seen: heads are frames, not the socket's.
+    h2: AtomicBool,
 }
 
 impl ConnActivity {
-    pub fn request_started(&self) {
+    pub fn request_started(&self, h2: bool) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.reading_head.store(false, Ordering::Relaxed);
+        if h2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
     }
     pub fn request_done(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -29,26 +54,63 @@ impl ConnActivity {
     fn touch(&self) {
         self.io_ops.fetch_add(1, Ordering::Relaxed);
     }
+    fn bytes_read(&self) {
+        self.touch();
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.h2.load(Ordering::Relaxed)
+            && !self.reading_head.load(Ordering::Relaxed)
+        {
+            self.reading_head.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
-/// Resolves once the connection has been idle for at least `timeout` (and at
-/// most 1.25 × `timeout`): checked four times per period to keep timers few.
-pub async fn idle(activity: Arc<ConnActivity>, timeout: Duration) {
+/// Why the watchdog gave up on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// Idle for `idle_timeout`: close gracefully.
+    Idle,
+    /// A request head took longer than `header_timeout`: no request is in
+    /// flight, so the connection can simply be dropped (as nginx does).
+    Head,
+}
+
+/// Resolves when the connection has been idle for `idle` or has been reading
+/// one request head for `head`; each fires between 1× and 1.25× its timeout
+/// (the shorter one; the longer one is rounded up to whole ticks).
+pub async fn watchdog(activity: Arc<ConnActivity>, idle: Duration, head: Duration) -> Expired {
     const CHECKS: u32 = 4;
-    let tick = timeout / CHECKS;
-    let mut last = activity.io_ops.load(Ordering::Relaxed);
-    let mut quiet = 0;
+    let tick = (idle.min(head) / CHECKS).max(Duration::from_millis(1));
+    let ticks_for = |t: Duration| t.as_nanos().div_ceil(tick.as_nanos()).max(1);
+    let (idle_ticks, head_ticks) = (ticks_for(idle), ticks_for(head));
+    let mut last_ops = activity.io_ops.load(Ordering::Relaxed);
+    let mut last_started = activity.started.load(Ordering::Relaxed);
+    let (mut quiet, mut heading) = (0u128, 0u128);
     loop {
         tokio::time::sleep(tick).await;
-        let now = activity.io_ops.load(Ordering::Relaxed);
-        if now != last || activity.in_flight.load(Ordering::Relaxed) > 0 {
-            last = now;
+        let ops = activity.io_ops.load(Ordering::Relaxed);
+        let started = activity.started.load(Ordering::Relaxed);
+        let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+        if ops != last_ops || busy {
             quiet = 0;
-            continue;
+        } else {
+            quiet += 1;
         }
-        quiet += 1;
-        if quiet >= CHECKS {
-            return;
+        // `heading` is 1 at the first tick that sees a head being read (it
+        // began at most one tick before), so firing only above `head_ticks`
+        // means at least the full timeout has passed.
+        if !busy && started == last_started && activity.reading_head.load(Ordering::Relaxed) {
+            heading += 1;
+        } else {
+            heading = 0;
+        }
+        last_ops = ops;
+        last_started = started;
+        if heading > head_ticks {
+            return Expired::Head;
+        }
+        if quiet >= idle_ticks {
+            return Expired::Idle;
         }
     }
 }
@@ -75,9 +137,14 @@ impl<T: AsyncRead> AsyncRead for Tracked<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
         if polled.is_ready() {
-            this.activity.touch();
+            if buf.filled().len() > before {
+                this.activity.bytes_read();
+            } else {
+                this.activity.touch();
+            }
         }
         polled
     }
