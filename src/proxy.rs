@@ -122,7 +122,9 @@ impl Upstream {
         // The response-head timeout runs from the moment the request body has
         // been sent in full, so a long upload is not mistaken for a slow app.
         let deadline = async {
-            sent.notified().await;
+            if let Some(sent) = sent {
+                sent.notified().await;
+            }
             tokio::time::sleep(self.response_header_timeout).await;
         };
         let mut resp = tokio::select! {

@@ -440,6 +440,45 @@ async fn gateway_timeout_when_upstream_is_too_slow() {
 }
 
 #[tokio::test]
+async fn response_head_timeout_runs_from_the_end_of_the_upload_and_anew_for_each_request() {
+    let up = upstream::start(None).await;
+    let sc =
+        Sidecar::start(&Conf::new(&up.url()).upstream("response_header_timeout = \"600ms\"")).await;
+    // One kept-alive connection, each request with its own deadline: the
+    // first request's (at ~610 ms) must not cut the second one (answered at
+    // ~760 ms, 450 ms after it was sent).
+    let client = http_client();
+    let get = |p: &str| client.get(sc.url(p)).send();
+    assert_eq!(get("/public/slow?ms=10").await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = get("/public/slow?ms=450").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "slow done");
+    // An upload taking ~1 s (longer than the timeout) is not a slow app: the
+    // clock starts once the body has been sent.
+    let chunks = futures_util::stream::unfold(0u32, |i| async move {
+        if i == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((Ok::<_, std::io::Error>(vec![b'u'; 1024]), i + 1))
+    });
+    let resp = client
+        .post(sc.url("/public/upload"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "10240");
+    // And a slow app still gets its 504 on the same connection.
+    let started = std::time::Instant::now();
+    assert_eq!(get("/public/slow?ms=5000").await.unwrap().status(), 504);
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    sc.shutdown().await;
+}
+
+#[tokio::test]
 async fn oversized_request_headers_get_431() {
     let up = upstream::start(None).await;
     let sc = Sidecar::start(&Conf::new(&up.url()).server("max_header_bytes = 8192")).await;

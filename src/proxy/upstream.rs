@@ -109,15 +109,15 @@ pin_project_lite::pin_project! {
 }
 
 impl SentBody {
-    pub fn new(inner: Incoming) -> (Self, Arc<Notify>) {
+    /// The body, and what tells when it has been sent: `None` when there is
+    /// nothing to send (no body, the usual case), so nothing to wait for.
+    pub fn new(inner: Incoming) -> (Self, Option<Arc<Notify>>) {
+        if inner.is_end_stream() {
+            return (Self { inner, done: None }, None);
+        }
         let notify = Arc::new(Notify::new());
-        let done = if inner.is_end_stream() {
-            notify.notify_one();
-            None
-        } else {
-            Some(notify.clone())
-        };
-        (Self { inner, done }, notify)
+        let done = Some(notify.clone());
+        (Self { inner, done }, Some(notify))
     }
 }
 
