@@ -56,7 +56,7 @@ pub struct ServerConfig {
     /// Keep client-sent `X-Forwarded-*` (append to `X-Forwarded-For`) instead
     /// of replacing them; only behind a proxy you trust.
     pub trust_forwarded_headers: bool,
-    /// Worker threads serving connections; 0 means one per CPU, plus one.
+    /// Worker threads serving connections; 0 means one per CPU.
     pub workers: usize,
 }
 
@@ -413,10 +413,7 @@ fn server(l: &mut Loader) -> Option<ServerConfig> {
         if n <= 256 {
             Some(usize::from(n))
         } else {
-            l.problem(
-                "server.workers",
-                "must be between 0 (one per CPU, plus one) and 256",
-            );
+            l.problem("server.workers", "must be between 0 (one per CPU) and 256");
             None
         }
     });

@@ -53,20 +53,13 @@ pub struct Prepared {
     upstreams: Vec<Upstream>,
 }
 
-/// How many worker threads `server.workers` asks for (0: one per CPU, plus
-/// one).
-///
-/// Why one more than nginx's `auto`: a sidecar always shares its CPUs with
-/// the app it fronts, and a worker that runs out of ready connections
-/// sleeps until the app or the client wakes it. Linux then tends to wake it
-/// on the waker's CPU, so the workers pile up on one core while the other
-/// sits idle (seen with `ps -L -o psr` under load). With one worker per CPU
-/// the benchmark machine was 5–13% idle at 128 connections, against 0.5% for
-/// nginx, whose workers rarely sleep; a spare worker brought it to 0.5–1%
-/// and throughput to nginx's (benches/README.md).
+/// How many worker threads `server.workers` asks for (0: one per CPU, as
+/// nginx's `worker_processes auto`). One more than that was tried and left
+/// out: it filled idle CPU at 128 connections on some runs and left more of
+/// it idle at 16 (benches/README.md, "Idle CPU and the number of workers").
 pub fn worker_count(config: &Config) -> usize {
     match config.server.workers {
-        0 => std::thread::available_parallelism().map_or(1, usize::from) + 1,
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     }
 }
@@ -120,7 +113,7 @@ type Handoff = (std::net::TcpStream, SocketAddr, Listener);
 /// Serves until `shutdown` resolves, then drains. Returns `false` when the
 /// drain hit `server.shutdown_timeout` with requests still in flight.
 ///
-/// Connections are served by worker threads (one per CPU plus one by default), each a
+/// Connections are served by worker threads, one per CPU by default, each a
 /// single-threaded runtime with its own upstream pool: a request never
 /// crosses threads (nginx's worker model). Cross-thread wake-ups cost more
 /// than the proxying itself on small requests; `benches/README.md` has the

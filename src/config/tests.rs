@@ -186,11 +186,11 @@ fn upbond_and_oidc_need_a_secret_and_get_their_own_defaults() {
 }
 
 #[test]
-fn workers_default_to_one_per_cpu_plus_a_spare() {
+fn workers_default_to_one_per_cpu() {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let c = Config::from_toml_str(&minimal()).unwrap();
     assert_eq!(c.server.workers, 0);
-    assert_eq!(crate::server::worker_count(&c), cpus + 1);
+    assert_eq!(crate::server::worker_count(&c), cpus);
     let c = Config::from_toml_str(&format!("{}\n[server]\nworkers = 3\n", minimal())).unwrap();
     assert_eq!(crate::server::worker_count(&c), 3);
 }
