@@ -324,8 +324,9 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 /// reach a protected path through a skip-auth rule.
 pub fn normalize_path(raw: &str) -> std::borrow::Cow<'_, str> {
     // Nearly every path is normal already: nothing to decode, fold or
-    // resolve. One pass tells: no `%` or backslash, and no segment that is empty or
-    // starts with a dot (`/.well-known` takes the long way, to the same result).
+    // resolve. One pass tells: no `%` or backslash, and no segment that is
+    // empty or starts with a dot (`/.well-known` takes the long way, to the
+    // same result).
     let b = raw.as_bytes();
     let plain = b.first() == Some(&b'/')
         && b.iter().enumerate().all(|(i, &c)| match c {
