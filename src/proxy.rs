@@ -95,7 +95,7 @@ impl Upstream {
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
-        client: &ClientInfo<'_>,
+        client: ClientInfo<'_>,
         tasks: &TaskTracker,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         if req.method() == Method::CONNECT {
@@ -113,7 +113,7 @@ impl Upstream {
             .cloned()
             .or_else(|| client_uri_authority(&parts.uri));
         parts.uri = self.upstream_uri(&parts.uri)?;
-        self.filter_request_headers(&mut parts.headers, upgrading, client, client_host.as_ref());
+        self.filter_request_headers(&mut parts.headers, upgrading, &client, client_host.as_ref());
         parts.version = Version::HTTP_11;
 
         let (body, sent) = SentBody::new(body);

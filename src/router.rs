@@ -4,10 +4,12 @@
 //! handler is split in two: `route` uses `?` freely, `handle` renders errors
 //! and attaches the record that logs the request once its body is done.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -140,7 +142,15 @@ impl App {
         }
     }
 
-    pub async fn handle(&self, conn: &Conn, req: Request<Incoming>) -> Response<Recorded> {
+    /// Serves one request. It owns its handles on the app and the
+    /// connection and answers hyper's service contract itself, so hyper
+    /// holds this future as it is, with no wrapper around it.
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: Arc<Conn>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Recorded>, Infallible> {
+        let conn = &*conn;
         let start = Instant::now();
         self.metrics.in_flight.inc();
         conn.activity
@@ -182,9 +192,13 @@ impl App {
         };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         record.status = resp.status().as_u16();
-        resp.map(|b| Recorded::new(b, record))
+        Ok(resp.map(|b| Recorded::new(b, record)))
     }
 
+    /// The login flow's futures (IdP calls through reqwest) are boxed: they
+    /// are several kilobytes, and inline they would make every request's
+    /// future that size, copied as it is built and handed to hyper (the
+    /// proxied path's own future is a few hundred bytes).
     async fn dispatch(
         &self,
         route: Route,
@@ -223,35 +237,38 @@ impl App {
             Route::Start => {
                 let rd = auth::start_return_to(req.uri(), req.headers());
                 let rid = request_id.to_str().unwrap_or_default();
-                Ok((self.auth.start(rd.as_deref(), rid).await, None))
+                Ok((Box::pin(self.auth.start(rd.as_deref(), rid)).await, None))
             }
             Route::Callback => {
                 let rid = request_id.to_str().unwrap_or_default();
-                Ok((
-                    self.auth.callback(req.uri(), req.headers(), rid).await,
-                    None,
-                ))
+                let callback = Box::pin(self.auth.callback(req.uri(), req.headers(), rid));
+                Ok((callback.await, None))
             }
             Route::SignOut => {
                 let rd = auth::rd_param(req.uri());
-                Ok((self.auth.sign_out(req.headers(), rd.as_deref()).await, None))
+                Ok((
+                    Box::pin(self.auth.sign_out(req.headers(), rd.as_deref())).await,
+                    None,
+                ))
             }
-            Route::AuthRequest | Route::Userinfo => match self.auth.decide(req.headers()).await {
-                Decision::Authenticated { session, tokens } => {
-                    let resp = if route == Route::AuthRequest {
-                        self.auth.auth_request_response(&session, &tokens)
-                    } else {
-                        self.auth.userinfo_response(&session)
-                    };
-                    Ok((resp, None))
+            Route::AuthRequest | Route::Userinfo => {
+                match Box::pin(self.auth.decide(req.headers())).await {
+                    Decision::Authenticated { session, tokens } => {
+                        let resp = if route == Route::AuthRequest {
+                            self.auth.auth_request_response(&session, &tokens)
+                        } else {
+                            self.auth.userinfo_response(&session)
+                        };
+                        Ok((resp, None))
+                    }
+                    // nginx auth_request understands 2xx, 401 and 403 only:
+                    // an expired session the IdP cannot refresh is "not signed in".
+                    Decision::NeedsLogin | Decision::IdpUnavailable(_) => {
+                        Err(ProxyError::Unauthenticated)
+                    }
                 }
-                // nginx auth_request understands 2xx, 401 and 403 only:
-                // an expired session the IdP cannot refresh is "not signed in".
-                Decision::NeedsLogin | Decision::IdpUnavailable(_) => {
-                    Err(ProxyError::Unauthenticated)
-                }
-            },
-            Route::Protected => match self.auth.decide(req.headers()).await {
+            }
+            Route::Protected => match Box::pin(self.auth.decide(req.headers())).await {
                 Decision::Authenticated { session, tokens } => {
                     self.auth.inject(req.headers_mut(), &session, &tokens);
                     self.proxy(conn, req, request_id).await
@@ -261,7 +278,7 @@ impl App {
                 {
                     let here = req.uri().path_and_query().map_or("/", |p| p.as_str());
                     let rid = request_id.to_str().unwrap_or_default();
-                    Ok((self.auth.start(Some(here), rid).await, None))
+                    Ok((Box::pin(self.auth.start(Some(here), rid)).await, None))
                 }
                 Decision::NeedsLogin => Err(ProxyError::Unauthenticated),
                 Decision::IdpUnavailable(e) => Err(ProxyError::IdpUnavailable(e)),
@@ -270,20 +287,24 @@ impl App {
         }
     }
 
-    async fn proxy(
-        &self,
-        conn: &Conn,
+    /// Not an `async fn`: the forwarding future is returned as it is, one
+    /// level fewer to build and copy on every proxied request.
+    fn proxy<'a>(
+        &'a self,
+        conn: &'a Conn,
         req: Request<Incoming>,
-        request_id: &HeaderValue,
-    ) -> Result<(Response<Body>, Option<Duration>), ProxyError> {
+        request_id: &'a HeaderValue,
+    ) -> impl Future<Output = Result<(Response<Body>, Option<Duration>), ProxyError>> + 'a {
         let client = ClientInfo {
             ip: &conn.peer_ip,
             tls: conn.tls,
             request_id,
         };
-        let (resp, upstream) = self.upstream.forward(req, &client, &self.tasks).await?;
-        self.metrics.observe_upstream(upstream.as_secs_f64());
-        Ok((resp, Some(upstream)))
+        self.upstream.forward(req, client, &self.tasks).map(|res| {
+            let (resp, upstream) = res?;
+            self.metrics.observe_upstream(upstream.as_secs_f64());
+            Ok((resp, Some(upstream)))
+        })
     }
 }
 

@@ -11,7 +11,6 @@ pub mod tls;
 
 pub use activity::ConnActivity;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -373,11 +372,8 @@ async fn serve_io<I>(
         listener: kind,
     });
     let app = ctx.app.clone();
-    let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let app = app.clone();
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(app.handle(&conn, req).await) }
-    });
+    let service =
+        service_fn(move |req: hyper::Request<Incoming>| app.clone().handle(conn.clone(), req));
     let connection = ctx
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service);

@@ -93,7 +93,9 @@ impl Pool {
                 },
             }
         }
-        let mut tx = self.connect().await?;
+        // Boxed: connecting (TCP, TLS, handshake) is a large future, and
+        // inline it would be copied with every request's.
+        let mut tx = Box::pin(self.connect()).await?;
         match tx.try_send_request(req).await {
             Ok(resp) => Ok(self.wrap(resp, tx)),
             Err(e) => Err(PoolError::Exchange(e.into_error())),
