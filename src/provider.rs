@@ -403,3 +403,40 @@ pub fn build(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn Provider>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One helper builds EMP's and the OIDC providers' URLs; each keeps the
+    /// base URL's path, with or without its trailing slash.
+    #[test]
+    fn endpoints_keep_the_base_path() {
+        let cases = [
+            (
+                "https://emp.example/lg/v1/",
+                "/token",
+                "https://emp.example/lg/v1/token",
+            ),
+            (
+                "https://emp.example",
+                "/authorize",
+                "https://emp.example/authorize",
+            ),
+            (
+                "https://auth3.upbond.io/",
+                "/oauth/token",
+                "https://auth3.upbond.io/oauth/token",
+            ),
+            (
+                "https://idp.example/realms/x",
+                "/.well-known/openid-configuration",
+                "https://idp.example/realms/x/.well-known/openid-configuration",
+            ),
+        ];
+        for (base, path, want) in cases {
+            let base = Url::parse(base).unwrap();
+            assert_eq!(endpoint(&base, path).as_str(), want, "{base} + {path}");
+        }
+    }
+}

@@ -133,20 +133,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_keep_the_base_path() {
-        let base = Url::parse("https://emp.example/lg/v1/").unwrap();
-        assert_eq!(
-            endpoint(&base, "/token").as_str(),
-            "https://emp.example/lg/v1/token"
-        );
-        let base = Url::parse("https://emp.example").unwrap();
-        assert_eq!(
-            endpoint(&base, "/authorize").as_str(),
-            "https://emp.example/authorize"
-        );
-    }
-
-    #[test]
     fn token_answers_with_string_expiry_and_without_refresh_token() {
         let v = serde_json::json!({"access_token": "a", "expires_in": "3600", "oauth2_backend_url": "https://b/"});
         let t = token_set(Endpoint::Token, &v).unwrap();

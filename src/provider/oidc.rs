@@ -513,18 +513,4 @@ mod tests {
             "profile openid"
         );
     }
-
-    #[test]
-    fn endpoints_hang_under_the_issuer_path() {
-        let base = Url::parse("https://auth3.upbond.io/").unwrap();
-        assert_eq!(
-            endpoint(&base, "/oauth/token").as_str(),
-            "https://auth3.upbond.io/oauth/token"
-        );
-        let base = Url::parse("https://idp.example/realms/x").unwrap();
-        assert_eq!(
-            endpoint(&base, "/.well-known/openid-configuration").as_str(),
-            "https://idp.example/realms/x/.well-known/openid-configuration"
-        );
-    }
 }
