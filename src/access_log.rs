@@ -9,10 +9,22 @@
 //! written with one `write(2)`. It honours the log filter (`log.level`,
 //! `RUST_LOG`) as the tracing event did; the `pretty` format still goes
 //! through tracing, as it is for people, not for throughput.
+//!
+//! On a worker thread the lines are batched: each is added to the worker's
+//! buffer, and the buffer is written when the worker's runtime runs out of
+//! work and is about to wait for I/O ([`flush`], its `on_thread_park` hook),
+//! when the next line would take it over 4 KiB, or when its oldest line is
+//! from an earlier second. An idle proxy so writes each line as soon as its
+//! request ends, as before; a busy one writes several lines per `write(2)`
+//! instead of one, which was the proxy's costliest system call per request
+//! after the four that move the request and response (benches/README.md).
+//! nginx's `access_log ... buffer= flush=` is the same idea, with a timer.
+//! Each write is at most 4 KiB and ends at a line's end, so on a pipe (a
+//! container's stdout) lines from two workers never interleave.
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::Write as _;
+use std::io::Write;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,12 +49,73 @@ thread_local! {
     static BUF: RefCell<Line> = RefCell::new(Line::default());
 }
 
+/// The most one write carries: up to `PIPE_BUF` (4 KiB on Linux) a write to
+/// a pipe is atomic.
+const BATCH_BYTES: usize = 4096;
+
 #[derive(Default)]
 struct Line {
     text: Vec<u8>,
     /// The second the cached `YYYY-MM-DDTHH:MM:SS` prefix is for.
     second: u64,
     prefix: [u8; 19],
+    /// Whether this thread batches its lines ([`batch_on_this_thread`]).
+    batching: bool,
+    /// Whole lines not written yet.
+    pending: Vec<u8>,
+    /// The second the oldest pending line was formatted in.
+    pending_since: u64,
+}
+
+impl Line {
+    /// Queues the formatted line. The batch is written first when the line
+    /// would take it past [`BATCH_BYTES`], and with the line when this
+    /// thread does not batch, when it reaches [`BATCH_BYTES`] or when it
+    /// holds a line from an earlier second.
+    fn push(&mut self, out: &mut impl Write) {
+        if self.pending.len() + self.text.len() > BATCH_BYTES {
+            self.write_pending(out);
+        }
+        if self.pending.is_empty() {
+            self.pending_since = self.second;
+        }
+        self.pending.extend_from_slice(&self.text);
+        if !self.batching || self.second != self.pending_since || self.pending.len() >= BATCH_BYTES
+        {
+            self.write_pending(out);
+        }
+    }
+
+    fn write_pending(&mut self, out: &mut impl Write) {
+        if !self.pending.is_empty() {
+            // A failed write (stdout closed) has nowhere to be reported.
+            let _ = out.write_all(&self.pending);
+            self.pending.clear();
+        }
+    }
+}
+
+/// Makes this thread batch its access lines. Only for a thread that calls
+/// [`flush`] whenever it is about to wait: a worker, whose runtime does so
+/// from its `on_thread_park` hook and once more when it ends.
+pub fn batch_on_this_thread() {
+    let _ = BUF.try_with(|cell| {
+        if let Ok(mut line) = cell.try_borrow_mut() {
+            line.batching = true;
+        }
+    });
+}
+
+/// Writes this thread's pending lines.
+pub fn flush() {
+    let Some(Some(mut out)) = OUT.get().map(Option::as_ref) else {
+        return;
+    };
+    let _ = BUF.try_with(|cell| {
+        if let Ok(mut line) = cell.try_borrow_mut() {
+            line.write_pending(&mut out);
+        }
+    });
 }
 
 /// One request's line, by reference to the record's fields.
@@ -67,8 +140,7 @@ pub fn write(entry: &Entry<'_>) -> bool {
         };
         format_line(&mut line, SystemTime::now(), entry);
         if let Some(mut file) = out.as_ref() {
-            // A failed write (stdout closed) has nowhere to be reported.
-            let _ = file.write_all(&line.text);
+            line.push(&mut file);
         }
     });
     true
@@ -179,6 +251,89 @@ mod tests {
         assert_eq!(&timestamp_prefix(951_782_400), b"2000-02-29T00:00:00");
         assert_eq!(&timestamp_prefix(1_795_468_838), b"2026-11-23T21:20:38");
         assert_eq!(&timestamp_prefix(4_102_444_799), b"2099-12-31T23:59:59");
+    }
+
+    /// Each `write` call it receives, as one chunk.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn line_at(line: &mut Line, micros: u64, request_id: &str) {
+        let method = Method::GET;
+        let entry = Entry {
+            method: &method,
+            path: "/p",
+            status: 200,
+            route: RouteClass::Proxy,
+            duration: Duration::from_micros(900),
+            upstream: None,
+            request_id,
+        };
+        format_line(line, UNIX_EPOCH + Duration::from_micros(micros), &entry);
+    }
+
+    #[test]
+    fn a_batching_thread_writes_whole_lines_in_writes_of_at_most_4_kib() {
+        let mut out = Writes::default();
+        let mut line = Line {
+            batching: true,
+            ..Line::default()
+        };
+        let t0 = 1_795_468_838_000_000;
+        for i in 0..100 {
+            line_at(&mut line, t0 + i, &format!("rid-{i}"));
+            line.push(&mut out);
+        }
+        // Nothing waits longer than its second: a line from the next one
+        // writes the batch, itself included.
+        line_at(&mut line, t0 + 1_000_000, "rid-next-second");
+        line.push(&mut out);
+        assert!(line.pending.is_empty());
+        line_at(&mut line, t0 + 1_000_001, "rid-last");
+        line.push(&mut out);
+        assert!(!line.pending.is_empty(), "a lone line waits for the flush");
+        line.write_pending(&mut out);
+
+        // About 19 lines of this size fit in a write; one write a line
+        // would be 102.
+        let lines_per_write = BATCH_BYTES / line.text.len();
+        assert!(
+            out.0.len() <= 100 / lines_per_write + 3,
+            "{} writes",
+            out.0.len()
+        );
+        let mut ids = Vec::new();
+        for chunk in &out.0 {
+            assert!(chunk.len() <= BATCH_BYTES && chunk.ends_with(b"\n"));
+            for l in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+                ids.push(v["request_id"].as_str().unwrap().to_owned());
+            }
+        }
+        let mut want: Vec<String> = (0..100).map(|i| format!("rid-{i}")).collect();
+        want.extend(["rid-next-second".into(), "rid-last".into()]);
+        assert_eq!(ids, want, "every line once, in order");
+    }
+
+    #[test]
+    fn a_thread_that_does_not_batch_writes_each_line_at_once() {
+        let mut out = Writes::default();
+        let mut line = Line::default();
+        for i in 0..3 {
+            line_at(&mut line, 1_000_000 + i, "rid");
+            line.push(&mut out);
+            assert_eq!(out.0.len(), i as usize + 1);
+            assert_eq!(out.0[i as usize], line.text);
+        }
     }
 
     #[test]

@@ -283,8 +283,12 @@ struct Worker {
 
 impl Worker {
     fn run(self, mut conns_in: mpsc::UnboundedReceiver<Handoff>, drained: oneshot::Sender<()>) {
+        crate::access_log::batch_on_this_thread();
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Access lines wait in a buffer while there is work, and are
+            // written before the worker waits for more.
+            .on_thread_park(crate::access_log::flush)
             .build()
         {
             Ok(rt) => rt,
@@ -311,6 +315,7 @@ impl Worker {
             worker.app.tasks.wait().await;
             maintenance.abort();
         });
+        crate::access_log::flush();
         let _ = drained.send(());
     }
 }

@@ -1,12 +1,13 @@
 //! Logging set-up: JSON (one object per line) or human-readable output on
 //! stdout. `RUST_LOG`, when set, wins over `log.level`.
 //!
-//! Lines are written by the thread that logs them, one `write(2)` each, as
-//! nginx writes its access log. A background writer thread was measured
-//! slower: waking it for every line cost more than the write itself
-//! (benches/README.md). The writes go to a duplicate of the stdout file
-//! descriptor, not through `std::io::Stdout`, whose process-wide lock made
-//! the worker threads queue behind each other's `write(2)`.
+//! Lines are written by the thread that logs them, one `write(2)` each, but
+//! for the access lines of a busy worker, which go out several to a write
+//! (`access_log.rs`). A background writer thread was measured slower: waking
+//! it for every line cost more than the write itself (benches/README.md).
+//! The writes go to a duplicate of the stdout file descriptor, not through
+//! `std::io::Stdout`, whose process-wide lock made the worker threads queue
+//! behind each other's `write(2)`.
 
 use std::fs::File;
 use std::os::fd::AsFd as _;

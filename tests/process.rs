@@ -236,6 +236,54 @@ async fn one_json_access_log_line_per_request_without_the_query() {
     );
 }
 
+/// Busy workers batch their access lines. Every line still arrives whole
+/// (two workers' writes never interleave on the stdout pipe), exactly once,
+/// and with no traffic after the burst to push the last ones out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_of_a_concurrent_burst_arrive_whole_once_and_without_later_traffic() {
+    const N: usize = 2000;
+    let up = upstream::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = Conf::new(&up.url()).server("workers = 2");
+    let sc = Process::spawn(&write_config(dir.path(), &conf), &[]);
+    let client = http_client();
+    let url = sc.url("/public/echo");
+    let statuses: Vec<_> = futures_util::stream::iter(0..N)
+        .map(|i| {
+            let req = client
+                .get(&url)
+                .header("x-request-id", format!("burst-{i}"));
+            async move {
+                let resp = req.send().await?;
+                let status = resp.status();
+                resp.bytes().await?;
+                Ok::<_, reqwest::Error>(status)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| matches!(s, Ok(s) if *s == 200)));
+
+    // No request from here on; wait (bounded) for the lines.
+    let mut ids = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..500 {
+        ids.clear();
+        for line in sc.log_lines().iter().filter(|l| l.contains("burst-")) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("a torn access line ({e}): {line}"));
+            *ids.entry(v["request_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        if ids.len() == N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ids.len(), N, "an access line per request");
+    assert!(ids.values().all(|n| *n == 1), "no line written twice");
+}
+
 #[test]
 fn the_example_config_toml_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
