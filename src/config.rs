@@ -58,6 +58,19 @@ pub struct ServerConfig {
     pub trust_forwarded_headers: bool,
     /// Worker threads serving connections; 0 means one per CPU.
     pub workers: usize,
+    /// The Linux scheduling policy of the worker threads.
+    pub worker_scheduling: WorkerScheduling,
+}
+
+/// How the kernel schedules the worker threads (`server.worker_scheduling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerScheduling {
+    /// `SCHED_BATCH`: a worker woken by network traffic does not preempt the
+    /// thread running on its CPU (the app, the client), but waits for the
+    /// CPU's next scheduling decision, or runs at once on an idle CPU.
+    Batch,
+    /// `SCHED_OTHER`, the kernel's default.
+    Normal,
 }
 
 #[derive(Debug, Clone)]
@@ -417,6 +430,17 @@ fn server(l: &mut Loader) -> Option<ServerConfig> {
             None
         }
     });
+    let worker_scheduling = match l.string("server.worker_scheduling").as_str() {
+        "batch" => Some(WorkerScheduling::Batch),
+        "normal" => Some(WorkerScheduling::Normal),
+        other => {
+            l.problem(
+                "server.worker_scheduling",
+                format!("{other:?}: expected \"batch\" or \"normal\""),
+            );
+            None
+        }
+    };
     Some(ServerConfig {
         listen: listen??,
         metrics_listen: metrics_listen?,
@@ -427,6 +451,7 @@ fn server(l: &mut Loader) -> Option<ServerConfig> {
         shutdown_timeout: shutdown_timeout?,
         trust_forwarded_headers: trust?,
         workers: workers?,
+        worker_scheduling: worker_scheduling?,
     })
 }
 

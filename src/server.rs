@@ -7,6 +7,7 @@
 //! `server.shutdown_timeout` has passed.
 
 mod activity;
+mod sched;
 pub mod tls;
 
 pub use activity::ConnActivity;
@@ -28,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
-use crate::config::{Config, Problem, Problems, StoreKind};
+use crate::config::{Config, Problem, Problems, StoreKind, WorkerScheduling};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::router::{App, Conn, Listener};
@@ -142,6 +143,7 @@ pub async fn run(
             builder: http_builder(&config),
             tls: prepared.tls.clone(),
             stop: stop_rx.clone(),
+            scheduling: config.server.worker_scheduling,
         };
         let spawned = std::thread::Builder::new()
             .name(format!("emp-worker-{i}"))
@@ -279,10 +281,20 @@ struct Worker {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     stop: watch::Receiver<bool>,
+    scheduling: WorkerScheduling,
 }
 
 impl Worker {
     fn run(self, mut conns_in: mpsc::UnboundedReceiver<Handoff>, drained: oneshot::Sender<()>) {
+        if let Err(e) = sched::apply(self.scheduling) {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                tracing::warn!(
+                    error = %e,
+                    "cannot set server.worker_scheduling; the workers keep the normal policy"
+                );
+            });
+        }
         crate::access_log::batch_on_this_thread();
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -129,6 +129,11 @@ fn each_invalid_key_exits_2_and_is_named() {
         ("log", "format = \"xml\"", "log.format"),
         ("log", "level = \"loud\"", "log.level"),
         ("server", "colour = \"blue\"", "server.colour"),
+        (
+            "server",
+            "worker_scheduling = \"fifo\"",
+            "server.worker_scheduling",
+        ),
     ];
     for (section, line, key) in cases {
         let conf = match *section {
@@ -282,6 +287,45 @@ async fn access_lines_of_a_concurrent_burst_arrive_whole_once_and_without_later_
     }
     assert_eq!(ids.len(), N, "an access line per request");
     assert!(ids.values().all(|n| *n == 1), "no line written twice");
+}
+
+/// The scheduling policy of each thread of `pid` named `emp-worker-*`
+/// (`/proc/PID/task/TID/stat`, field 41: 0 SCHED_OTHER, 3 SCHED_BATCH).
+fn worker_policies(pid: u32) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
+        if comm.starts_with("emp-worker-") {
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            let after_comm = stat.rsplit_once(')').unwrap().1;
+            // Field 3 (state) is the first after the name; 41 is the policy.
+            let policy = after_comm.split_whitespace().nth(41 - 3).unwrap();
+            policies.push(policy.parse().unwrap());
+        }
+    }
+    policies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_run_under_sched_batch_unless_told_otherwise() {
+    let up = upstream::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = Conf::new(&up.url()).server("workers = 3");
+    let sc = Process::spawn(&write_config(dir.path(), &conf), &[]);
+    assert_eq!(worker_policies(sc.pid()), vec![3, 3, 3], "SCHED_BATCH");
+    // Serving is unchanged.
+    let resp = http_client()
+        .get(sc.url("/public/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let conf = Conf::new(&up.url()).server("workers = 2\nworker_scheduling = \"normal\"");
+    let sc = Process::spawn(&write_config(dir.path(), &conf), &[]);
+    assert_eq!(worker_policies(sc.pid()), vec![0, 0], "SCHED_OTHER");
 }
 
 #[test]

@@ -196,6 +196,19 @@ fn workers_default_to_one_per_cpu() {
 }
 
 #[test]
+fn workers_run_under_sched_batch_by_default() {
+    use crate::config::WorkerScheduling;
+    let c = Config::from_toml_str(&minimal()).unwrap();
+    assert_eq!(c.server.worker_scheduling, WorkerScheduling::Batch);
+    let toml = format!("{}\n[server]\nworker_scheduling = \"normal\"\n", minimal());
+    let c = Config::from_toml_str(&toml).unwrap();
+    assert_eq!(c.server.worker_scheduling, WorkerScheduling::Normal);
+    let toml = format!("{}\n[server]\nworker_scheduling = \"rt\"\n", minimal());
+    let keys: Vec<String> = problems(&toml).into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, vec!["server.worker_scheduling"]);
+}
+
+#[test]
 fn idle_timeout_defaults_to_lifetime() {
     let c = Config::from_toml_str(&minimal()).unwrap();
     assert_eq!(c.session.idle_timeout, c.session.lifetime);
