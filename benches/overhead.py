@@ -98,13 +98,41 @@ def cpu_jiffies():
     return sum(v[:8]) - idle, idle
 
 
-def wrk(url, conns, duration, headers=()):
+def children(pid):
+    """The processes whose parent is `pid` (an nginx master's workers)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def proc_stats(pids):
+    """(CPU jiffies, voluntary context switches) summed over every thread of `pids`."""
+    jiffies = sleeps = 0
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            jiffies += int(fields[11]) + int(fields[12])  # utime + stime
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        sleeps += int(line.split()[1])
+    return jiffies, sleeps
+
+
+def wrk(url, conns, duration, headers=(), pids=()):
+    """One wrk run; `pids` are the processes that serve it (the proxy's), whose
+    CPU time and sleeps (voluntary context switches) are counted per request."""
     extra = [a for h in headers for a in ("-H", h)]
     busy0, idle0 = cpu_jiffies()
+    jif0, sleeps0 = proc_stats(pids)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", *extra, url],
         capture_output=True, text=True, check=True).stdout
+    jif1, sleeps1 = proc_stats(pids)
     busy1, idle1 = cpu_jiffies()
+    requests = max(1, int(re.search(r"(\d+) requests in", out).group(1)))
+    cpu_us = 1e6 * (jif1 - jif0) / os.sysconf("SC_CLK_TCK") / requests
+    sleeps = (sleeps1 - sleeps0) / requests
     # CPU time nobody used during the run: with every process of the
     # benchmark on these cores, idle time is throughput left on the table.
     idle_pct = 100.0 * (idle1 - idle0) / max(1, (busy1 - busy0) + (idle1 - idle0))
@@ -115,7 +143,8 @@ def wrk(url, conns, duration, headers=()):
     socket_errors = re.search(r"Socket errors: (.*)", out)
     if errors or socket_errors:
         raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "idle_pct": idle_pct}
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "idle_pct": idle_pct,
+            "cpu_us": cpu_us, "sleeps": sleeps}
 
 
 def http(method, url, headers=None, body=None):
@@ -241,17 +270,22 @@ skip_auth = ["^/public/"]
             "sidecar-auth": f"http://127.0.0.1:{sc_port}/app/bench",
         }
         headers = {"sidecar-auth": [f"Cookie: {cookie}"]}
+        # Whose CPU and sleeps each target's row counts: the server wrk talks to.
+        servers = {"direct": children(up.pid), "nginx": children(ngx.pid),
+                   "sidecar": [sc.pid], "sidecar-auth": [sc.pid]}
         for t, url in targets.items():  # warm-up: pools, caches, page faults
             wrk(url, 16, 2, headers.get(t, ()))
         samples = {(t, c): [] for t in targets for c in conns_list}
         for r in range(args.rounds):
             for c in conns_list:
                 for t, url in targets.items():
-                    res = wrk(url, c, args.duration, headers.get(t, ()))
+                    res = wrk(url, c, args.duration, headers.get(t, ()), servers[t])
                     samples[(t, c)].append(res)
                     print(f"round {r + 1} c={c:<4} {t:<8} {res['rps']:>10.0f} req/s "
                           f"p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms  "
-                          f"CPU idle {res['idle_pct']:.1f}%", file=sys.stderr)
+                          f"CPU idle {res['idle_pct']:.1f}%  server CPU "
+                          f"{res['cpu_us']:.1f} us/req, sleeps {res['sleeps']:.3f}/req",
+                          file=sys.stderr)
         sidecar_rss = rss_kib(sc.pid)
         # Every sidecar-auth request must have been authenticated: the login
         # counter says one login, and no 401 was seen (wrk fails on non-2xx).
@@ -264,16 +298,19 @@ skip_auth = ["^/public/"]
             "sidecar_workers": args.workers,
             "duration_s": args.duration, "rounds": args.rounds, "sidecar_rss_kib": sidecar_rss,
             "rows": []}
-        lines = ["| connections | target | req/s | p50 ms | p99 ms | CPU idle % |",
-                 "|---|---|---:|---:|---:|---:|"]
+        lines = ["| connections | target | req/s | p50 ms | p99 ms | CPU idle % "
+                 "| server CPU µs/req | server sleeps/req |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|"]
         for c in conns_list:
             for t in targets:
                 row = {"connections": c, "target": t, "rps": med(t, c, "rps"),
                        "p50_ms": med(t, c, "p50_ms"), "p99_ms": med(t, c, "p99_ms"),
-                       "idle_pct": med(t, c, "idle_pct")}
+                       "idle_pct": med(t, c, "idle_pct"), "cpu_us": med(t, c, "cpu_us"),
+                       "sleeps": med(t, c, "sleeps")}
                 result["rows"].append(row)
                 lines.append(f"| {c} | {t} | {row['rps']:.0f} | {row['p50_ms']:.3f} | "
-                             f"{row['p99_ms']:.3f} | {row['idle_pct']:.1f} |")
+                             f"{row['p99_ms']:.3f} | {row['idle_pct']:.1f} | "
+                             f"{row['cpu_us']:.1f} | {row['sleeps']:.3f} |")
         lines.append("")
         lines.append("| connections | sidecar/nginx req/s | sidecar/nginx p99 | sidecar/direct req/s "
                      "| auth/no-login req/s | auth/nginx req/s |")
@@ -289,6 +326,10 @@ skip_auth = ["^/public/"]
             lines.append(f"| {c} | {ratio['rps_vs_nginx']:.2f} | {ratio['p99_vs_nginx']:.2f} | "
                          f"{ratio['rps_vs_direct']:.2f} | {ratio['auth_vs_public']:.2f} | "
                          f"{ratio['auth_vs_nginx']:.2f} |")
+        for c in conns_list:
+            per_round = [f"{a['rps'] / b['rps']:.2f}"
+                         for a, b in zip(samples[("sidecar", c)], samples[("nginx", c)])]
+            lines.append(f"sidecar/nginx req/s by round, {c} connections: {', '.join(per_round)}")
         lines.append("")
         lines.append(f"sidecar RSS after the run: {sidecar_rss / 1024:.1f} MiB")
         out_dir = ROOT / "benches/results"
