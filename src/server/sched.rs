@@ -8,10 +8,11 @@
 //! next response. `SCHED_BATCH` threads are never given the CPU by a wake-up
 //! (they wait for the scheduler's next decision, and run at once on an idle
 //! CPU), so both sides keep their batches. On the 2-core benchmark with 128
-//! connections the workers slept 0.17–0.46 times a request under the normal
-//! policy and 0.01–0.02 under `SCHED_BATCH`, and served 20–30% more
-//! requests a second, with p99 no worse (benches/README.md, "Worker
-//! scheduling"). Any unprivileged thread may take this policy.
+//! connections the workers slept 0.17–0.46 times a request in most rounds
+//! under the normal policy and 0.01–0.02 under `SCHED_BATCH`, and served
+//! 11–20% more requests a second in those rounds, with p99 no worse
+//! (benches/README.md, "Worker scheduling"). Any unprivileged thread may
+//! take this policy.
 
 use crate::config::WorkerScheduling;
 
