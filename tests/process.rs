@@ -307,13 +307,32 @@ fn worker_policies(pid: u32) -> Vec<u32> {
     policies
 }
 
+/// The workers' policies once they are `expected`, or after 5 s: the
+/// process logs that it listens while its worker threads may still be
+/// starting and setting their policy.
+async fn settled_worker_policies(pid: u32, expected: &[u32]) -> Vec<u32> {
+    let mut policies = worker_policies(pid);
+    for _ in 0..500 {
+        if policies == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        policies = worker_policies(pid);
+    }
+    policies
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_run_under_sched_batch_unless_told_otherwise() {
     let up = upstream::start(None).await;
     let dir = tempfile::tempdir().unwrap();
     let conf = Conf::new(&up.url()).server("workers = 3");
     let sc = Process::spawn(&write_config(dir.path(), &conf), &[]);
-    assert_eq!(worker_policies(sc.pid()), vec![3, 3, 3], "SCHED_BATCH");
+    assert_eq!(
+        settled_worker_policies(sc.pid(), &[3, 3, 3]).await,
+        [3, 3, 3],
+        "SCHED_BATCH"
+    );
     // Serving is unchanged.
     let resp = http_client()
         .get(sc.url("/public/echo"))
@@ -325,7 +344,11 @@ async fn workers_run_under_sched_batch_unless_told_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let conf = Conf::new(&up.url()).server("workers = 2\nworker_scheduling = \"normal\"");
     let sc = Process::spawn(&write_config(dir.path(), &conf), &[]);
-    assert_eq!(worker_policies(sc.pid()), vec![0, 0], "SCHED_OTHER");
+    assert_eq!(
+        settled_worker_policies(sc.pid(), &[0, 0]).await,
+        [0, 0],
+        "SCHED_OTHER"
+    );
 }
 
 #[test]
