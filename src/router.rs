@@ -253,23 +253,21 @@ impl App {
                     None,
                 ))
             }
-            Route::AuthRequest | Route::Userinfo => {
-                match self.auth.decide(req.headers()).await {
-                    Decision::Authenticated { session, tokens } => {
-                        let resp = if route == Route::AuthRequest {
-                            self.auth.auth_request_response(&session, &tokens)
-                        } else {
-                            self.auth.userinfo_response(&session)
-                        };
-                        Ok((resp, None))
-                    }
-                    // nginx auth_request understands 2xx, 401 and 403 only:
-                    // an expired session the IdP cannot refresh is "not signed in".
-                    Decision::NeedsLogin | Decision::IdpUnavailable(_) => {
-                        Err(ProxyError::Unauthenticated)
-                    }
+            Route::AuthRequest | Route::Userinfo => match self.auth.decide(req.headers()).await {
+                Decision::Authenticated { session, tokens } => {
+                    let resp = if route == Route::AuthRequest {
+                        self.auth.auth_request_response(&session, &tokens)
+                    } else {
+                        self.auth.userinfo_response(&session)
+                    };
+                    Ok((resp, None))
                 }
-            }
+                // nginx auth_request understands 2xx, 401 and 403 only:
+                // an expired session the IdP cannot refresh is "not signed in".
+                Decision::NeedsLogin | Decision::IdpUnavailable(_) => {
+                    Err(ProxyError::Unauthenticated)
+                }
+            },
             Route::Protected => match self.auth.decide(req.headers()).await {
                 Decision::Authenticated { session, tokens } => {
                     self.auth.inject(req.headers_mut(), &session, &tokens);
