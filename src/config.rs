@@ -198,9 +198,22 @@ pub struct HeadersConfig {
 #[derive(Debug, Clone)]
 pub struct RoutesConfig {
     pub skip_auth: RegexSet,
+    /// What happens to a request whose path is not in canonical form.
+    pub path_normalization: PathNormalization,
     /// Hosts an absolute `rd` may point at: `app.example.com`, or
     /// `.example.com` for the domain and every subdomain.
     pub allowed_redirect_domains: Vec<String>,
+}
+
+/// What the proxy does with a request path that is not canonical (dot
+/// segments, `\` or an encoded `/` or `\`, escaped unreserved characters, empty
+/// segments): see [`crate::path`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathNormalization {
+    /// `400`: the app never sees a path it could read another way.
+    Reject,
+    /// Route and forward the canonical path, as nginx does.
+    Rewrite,
 }
 
 /// Bytes that must never be printed; `Debug` shows only the length.
@@ -835,9 +848,21 @@ fn routes(l: &mut Loader) -> Option<RoutesConfig> {
             ok = false;
         }
     }
+    let path_normalization = match l.string("routes.path_normalization").as_str() {
+        "reject" => Some(PathNormalization::Reject),
+        "rewrite" => Some(PathNormalization::Rewrite),
+        other => {
+            l.problem(
+                "routes.path_normalization",
+                format!("{other:?}: expected \"reject\" or \"rewrite\""),
+            );
+            None
+        }
+    };
     let set = RegexSet::new(&patterns).ok().filter(|_| ok)?;
     Some(RoutesConfig {
         skip_auth: set,
+        path_normalization: path_normalization?,
         allowed_redirect_domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
     })
 }

@@ -9,6 +9,8 @@
 //! - [`router`]: request id, size limit, route choice (`/ping`, `/ready`,
 //!   `/metrics`, `/oauth2/*`, skip-auth proxy, authenticated proxy) and the
 //!   one place errors become responses.
+//! - [`path`]: the canonical form of a request path, which routes are
+//!   chosen on and the upstream receives, and the readings rules match.
 //! - [`proxy`]: forwarding to the upstream app; [`proxy::headers`] owns header
 //!   hygiene, [`proxy::upstream`] the pooled client.
 //! - [`body`]: the response body type and the per-request record that writes
@@ -35,6 +37,7 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod mock_emp;
+pub mod path;
 pub mod provider;
 pub mod proxy;
 pub mod router;

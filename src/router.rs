@@ -4,6 +4,7 @@
 //! handler is split in two: `route` uses `?` freely, `handle` renders errors
 //! and attaches the record that logs the request once its body is done.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,9 +18,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Auth, Decision};
 use crate::body::{self, Body, Recorded, RequestRecord};
-use crate::config::Config;
+use crate::config::{Config, PathNormalization};
 use crate::error::{ProxyError, chain};
 use crate::metrics::{Metrics, RouteClass};
+use crate::path;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::{ClientInfo, Upstream};
 
@@ -117,6 +119,7 @@ impl App {
         self.upstream.maintenance()
     }
 
+    /// The route of a canonical path ([`path::canonical`]).
     fn route(&self, listener: Listener, path: &str) -> Route {
         match (listener, path) {
             (_, "/ping") => Route::Ping,
@@ -132,8 +135,11 @@ impl App {
             (Listener::Main, "/oauth2/start") => Route::Start,
             (Listener::Main, "/oauth2/sign_out") => Route::SignOut,
             (Listener::Main, p) if p.starts_with("/oauth2/") => Route::OAuth2Other,
+            // Public only when every reading of the path is: a `;`
+            // parameter or an escaped `?` cannot widen a rule.
             (Listener::Main, p) => {
-                if self.config.routes.skip_auth.is_match(&normalize_path(p)) {
+                let skip = &self.config.routes.skip_auth;
+                if path::for_each_form(p, |form| skip.is_match(form)) {
                     Route::Public
                 } else {
                     Route::Protected
@@ -148,7 +154,7 @@ impl App {
     pub async fn handle(
         self: Arc<Self>,
         conn: Arc<Conn>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<Recorded>, Infallible> {
         let conn = &*conn;
         let start = Instant::now();
@@ -156,7 +162,14 @@ impl App {
         conn.activity
             .request_started(req.version() == http::Version::HTTP_2);
         let request_id = request_id(req.headers());
-        let route = self.route(conn.listener, req.uri().path());
+        // Routes are chosen on the canonical path, and the upstream gets
+        // that same path: never one the app could resolve another way.
+        let checked = self.check_path(req.uri().path());
+        let route = match &checked {
+            Ok(None) => self.route(conn.listener, req.uri().path()),
+            Ok(Some(canonical)) => self.route(conn.listener, canonical),
+            Err(_) => Route::Protected,
+        };
         let mut record = RequestRecord {
             start,
             method: req.method().clone(),
@@ -171,7 +184,10 @@ impl App {
         let result = if head_size(&req) > self.config.server.max_header_bytes {
             Err(ProxyError::HeadersTooLarge)
         } else {
-            self.dispatch(route, conn, req, &request_id).await
+            match checked.and_then(|c| rewrite_path(&mut req, c)) {
+                Ok(()) => self.dispatch(route, conn, req, &request_id).await,
+                Err(e) => Err(e),
+            }
         };
         let mut resp = match result {
             Ok((resp, upstream)) => {
@@ -193,6 +209,28 @@ impl App {
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         record.status = resp.status().as_u16();
         Ok(resp.map(|b| Recorded::new(b, record)))
+    }
+
+    /// The canonical form of a request path when it differs from the raw
+    /// one and `routes.path_normalization` says to rewrite it; `None` when
+    /// the raw path is canonical; an error for a path refused.
+    fn check_path(&self, raw: &str) -> Result<Option<String>, ProxyError> {
+        match path::canonical(raw) {
+            Ok(Cow::Borrowed(_)) => Ok(None),
+            Ok(Cow::Owned(canonical)) => match self.config.routes.path_normalization {
+                PathNormalization::Rewrite => Ok(Some(canonical)),
+                PathNormalization::Reject => Err(ProxyError::BadRequest(
+                    "ambiguous request path: dot segments, backslashes, empty segments \
+                     and encoded '/', '\\' or unreserved characters are refused",
+                )),
+            },
+            Err(path::PathError::NotAPath) => Err(ProxyError::BadRequest(
+                "the request target must be a path starting with '/'",
+            )),
+            Err(path::PathError::InvalidEscape) => Err(ProxyError::BadRequest(
+                "the request path has an invalid percent-escape",
+            )),
+        }
     }
 
     /// The login flow's futures (start, callback, sign-out: IdP calls through
@@ -339,98 +377,27 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// The path as the upstream will resolve it: percent-decoded, repeated `/`
-/// folded, `.` and `..` segments resolved. `routes.skip_auth` is matched
-/// against this form, so `/public/../admin` or `/public/%2e%2e/admin` cannot
-/// reach a protected path through a skip-auth rule.
-pub fn normalize_path(raw: &str) -> std::borrow::Cow<'_, str> {
-    // Nearly every path is normal already: nothing to decode, fold or
-    // resolve. One pass tells: no `%` or backslash, and no segment that is
-    // empty or starts with a dot (`/.well-known` takes the long way, to the
-    // same result).
-    let b = raw.as_bytes();
-    let plain = b.first() == Some(&b'/')
-        && b.iter().enumerate().all(|(i, &c)| match c {
-            b'%' | b'\\' => false,
-            b'/' => !matches!(b.get(i + 1), Some(b'/' | b'.')),
-            _ => true,
-        });
-    if plain {
-        return std::borrow::Cow::Borrowed(raw);
-    }
-    std::borrow::Cow::Owned(normalize_slow(raw))
-}
-
-fn normalize_slow(raw: &str) -> String {
-    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
-    let mut segments: Vec<&str> = Vec::new();
-    for seg in decoded.split(['/', '\\']) {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    let trailing = decoded.ends_with('/') && !segments.is_empty();
-    let mut out = String::with_capacity(decoded.len() + 1);
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
-    }
-    if out.is_empty() || trailing {
-        out.push('/');
-    }
-    out
+/// Puts the canonical path (with the client's query) into the request, so
+/// that what is forwarded, saved as a return URL or logged downstream is the
+/// path the route was chosen on.
+fn rewrite_path<B>(req: &mut Request<B>, canonical: Option<String>) -> Result<(), ProxyError> {
+    let Some(canonical) = canonical else {
+        return Ok(());
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    let invalid = || ProxyError::BadRequest("invalid request target");
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(pq).map_err(|_| invalid())?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| invalid())?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalize_resolves_dots_encodings_and_slashes() {
-        assert_eq!(normalize_path("/"), "/");
-        assert_eq!(normalize_path("/public/a.css"), "/public/a.css");
-        assert_eq!(normalize_path("/public/../admin"), "/admin");
-        assert_eq!(normalize_path("/public/%2e%2e/admin"), "/admin");
-        assert_eq!(normalize_path("/public/..%2Fadmin"), "/admin");
-        assert_eq!(normalize_path("/public%2F..%2F..%2Fadmin"), "/admin");
-        assert_eq!(normalize_path("//public//x/"), "/public/x/");
-        assert_eq!(normalize_path("/public\\..\\admin"), "/admin");
-        // The shortcut for plain paths agrees with the full normalisation.
-        for p in [
-            "/",
-            "/a",
-            "/a/",
-            "/a/b.c",
-            "/a/.b",
-            "/a/..b",
-            "/a.",
-            "/.a/",
-            "/a/b/..",
-            "/a/.",
-            "/a//b",
-            "/a/./b",
-            "/a/../b",
-            "/..",
-            "/.",
-            "//",
-            "/a%2fb",
-            "/a\\b",
-            "*",
-            "",
-            "/.well-known/x",
-            "/a/b/",
-            "/a/b/../",
-        ] {
-            assert_eq!(normalize_path(p), normalize_slow(p), "{p:?}");
-        }
-        assert_eq!(normalize_path("/../../etc"), "/etc");
-        assert_eq!(normalize_path("/a/%zz"), "/a/%zz");
-        assert_eq!(normalize_path("/a/%2"), "/a/%2");
-    }
 
     #[test]
     fn request_id_is_kept_when_sane_and_replaced_when_not() {

@@ -134,11 +134,17 @@ fn each_invalid_key_exits_2_and_is_named() {
             "worker_scheduling = \"fifo\"",
             "server.worker_scheduling",
         ),
+        (
+            "routes",
+            "path_normalization = \"loose\"",
+            "routes.path_normalization",
+        ),
     ];
     for (section, line, key) in cases {
         let conf = match *section {
             "server" => good.clone().server(line),
             "upstream" => good.clone().upstream(line),
+            "routes" => good.clone().routes(line),
             _ => good.clone().log(line),
         };
         let path = write_config(dir.path(), &conf);

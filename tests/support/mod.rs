@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod express;
+pub mod node;
 pub mod openid;
 pub mod upbond;
 pub mod upstream;
@@ -85,6 +87,10 @@ impl Conf {
     }
     pub fn upstream(mut self, line: &str) -> Self {
         set(&mut self.upstream, line);
+        self
+    }
+    pub fn routes(mut self, line: &str) -> Self {
+        set(&mut self.routes, line);
         self
     }
     pub fn claim(mut self, line: &str) -> Self {
@@ -375,6 +381,16 @@ pub fn idp_calls(text: &str, endpoint: &str) -> f64 {
         text,
         &format!("emp_sidecar_idp_request_duration_seconds_count{{endpoint=\"{endpoint}\"}}"),
     )
+}
+
+/// Sends raw bytes and reads until the server closes or `limit` passes.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// A loopback port that was free a moment ago.
