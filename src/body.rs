@@ -14,9 +14,11 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
-use crate::error::BoxError;
+use crate::activity::ConnActivity;
 use crate::metrics::{Metrics, RouteClass};
-use crate::server::ConnActivity;
+
+/// The error of a body (and of anything else that only needs to be an error).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every response the sidecar sends has this body type.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// Time a client has to send a complete request head (from its first byte,
     /// or from connection start for the first request).
     pub header_read_timeout: Duration,
+    /// Longest wait between two reads of a request body (nginx
+    /// `client_body_timeout`); a body that stalls longer gets `408`.
+    pub body_read_timeout: Duration,
     /// An idle keep-alive connection is closed after this long.
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -95,6 +98,9 @@ pub enum LogFormat {
 pub struct UpstreamConfig {
     pub url: Url,
     pub host_header: HostHeader,
+    /// Protocols a client may switch to through the proxy (`Upgrade`
+    /// tokens, lower case); `h2c` never.
+    pub allowed_upgrades: Vec<String>,
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
     pub pool_idle_timeout: Duration,
@@ -432,6 +438,7 @@ fn server(l: &mut Loader) -> Option<ServerConfig> {
         }
     };
     let header_read_timeout = positive(l, "server.header_read_timeout");
+    let body_read_timeout = positive(l, "server.body_read_timeout");
     let idle_timeout = positive(l, "server.idle_timeout");
     let shutdown_timeout = l.duration("server.shutdown_timeout");
     let trust = l.get::<bool>("server.trust_forwarded_headers");
@@ -460,6 +467,7 @@ fn server(l: &mut Loader) -> Option<ServerConfig> {
         max_header_bytes: max_header_bytes?,
         tls: tls?,
         header_read_timeout: header_read_timeout?,
+        body_read_timeout: body_read_timeout?,
         idle_timeout: idle_timeout?,
         shutdown_timeout: shutdown_timeout?,
         trust_forwarded_headers: trust?,
@@ -550,6 +558,29 @@ fn upstream(l: &mut Loader) -> Option<UpstreamConfig> {
             None
         }
     };
+    let allowed_upgrades = l
+        .get::<Vec<String>>("upstream.allowed_upgrades")
+        .and_then(|list| {
+            let list: Vec<String> = list.iter().map(|p| p.trim().to_ascii_lowercase()).collect();
+            // h2c through a proxy that speaks HTTP/1.1 to the app would be an
+            // unfiltered tunnel past every header rule (and a smuggling
+            // vector); other tokens must be protocol names.
+            let bad = list.iter().find(|p| {
+                p.is_empty()
+                    || *p == "h2c"
+                    || !p.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&c))
+            });
+            match bad {
+                Some(p) => {
+                    l.problem(
+                        "upstream.allowed_upgrades",
+                        format!("{p:?} cannot be relayed: protocol names such as \"websocket\", never \"h2c\""),
+                    );
+                    None
+                }
+                None => Some(list),
+            }
+        });
     let connect_timeout = positive(l, "upstream.connect_timeout");
     let response_header_timeout = positive(l, "upstream.response_header_timeout");
     let pool_idle_timeout = l.duration("upstream.pool_idle_timeout");
@@ -566,6 +597,7 @@ fn upstream(l: &mut Loader) -> Option<UpstreamConfig> {
     Some(UpstreamConfig {
         url: url?,
         host_header: host_header?,
+        allowed_upgrades: allowed_upgrades?,
         connect_timeout: connect_timeout?,
         response_header_timeout: response_header_timeout?,
         pool_idle_timeout: pool_idle_timeout?,

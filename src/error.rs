@@ -4,18 +4,21 @@
 
 use http::{Response, StatusCode};
 
+pub use crate::body::BoxError;
 use crate::body::{self, Body};
-use crate::metrics::UpstreamErrorKind;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::metrics::{ClientErrorKind, UpstreamErrorKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     // The client's fault.
     #[error("request header fields too large")]
     HeadersTooLarge,
-    #[error("bad request: {0}")]
-    BadRequest(&'static str),
+    #[error("bad request: {1}")]
+    BadRequest(ClientErrorKind, &'static str),
+    #[error("bad request: the request body is malformed")]
+    ClientBody(#[source] BoxError),
+    #[error("the request body was not sent in time")]
+    ClientBodyTimeout,
     #[error("no valid session")]
     Unauthenticated,
 
@@ -38,7 +41,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(..) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
@@ -54,7 +58,9 @@ impl ProxyError {
     pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
         match self {
             ProxyError::HeadersTooLarge
-            | ProxyError::BadRequest(_)
+            | ProxyError::BadRequest(..)
+            | ProxyError::ClientBody(_)
+            | ProxyError::ClientBodyTimeout
             | ProxyError::Unauthenticated
             | ProxyError::IdpUnavailable(_) => None,
             ProxyError::UpstreamConnect(_) => Some(UpstreamErrorKind::Connect),
@@ -64,11 +70,28 @@ impl ProxyError {
         }
     }
 
+    /// The client fault this error counts as, if it is one.
+    pub fn client_kind(&self) -> Option<ClientErrorKind> {
+        match self {
+            ProxyError::BadRequest(kind, _) => Some(*kind),
+            ProxyError::ClientBody(_) => Some(ClientErrorKind::Body),
+            ProxyError::ClientBodyTimeout => Some(ClientErrorKind::BodyTimeout),
+            ProxyError::HeadersTooLarge
+            | ProxyError::Unauthenticated
+            | ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamConnectTimeout
+            | ProxyError::UpstreamResponseTimeout
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::IdpUnavailable(_) => None,
+        }
+    }
+
     /// A short, stable code for the JSON body.
     fn code(&self) -> &'static str {
         match self {
             ProxyError::HeadersTooLarge => "request_header_fields_too_large",
-            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BadRequest(..) | ProxyError::ClientBody(_) => "bad_request",
+            ProxyError::ClientBodyTimeout => "request_timeout",
             ProxyError::Unauthenticated => "unauthorized",
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamProtocol(_) => "bad_gateway",
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamResponseTimeout => {

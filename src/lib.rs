@@ -13,6 +13,8 @@
 //!   chosen on and the upstream receives, and the readings rules match.
 //! - [`proxy`]: forwarding to the upstream app; [`proxy::headers`] owns header
 //!   hygiene, [`proxy::upstream`] the pooled client.
+//! - [`activity`]: per-connection activity (requests in flight, a head
+//!   being read) and the watchdog that closes idle or slow connections.
 //! - [`body`]: the response body type and the per-request record that writes
 //!   the access log and metrics when the body is done.
 //! - [`auth`]: the login flow and the one authentication decision;
@@ -30,6 +32,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access_log;
+pub mod activity;
 pub mod auth;
 pub mod body;
 pub mod config;

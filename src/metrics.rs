@@ -81,6 +81,164 @@ impl UpstreamErrorKind {
     }
 }
 
+/// Which call an IdP error came from (the `endpoint` metric label too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    Refresh,
+    /// EMP's `/profile` (DR services).
+    Profile,
+    /// The OIDC userinfo endpoint.
+    Userinfo,
+    /// `/.well-known/openid-configuration`.
+    Discovery,
+    /// The provider's signing keys (`jwks_uri`).
+    Jwks,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::Token,
+        Endpoint::Refresh,
+        Endpoint::Profile,
+        Endpoint::Userinfo,
+        Endpoint::Discovery,
+        Endpoint::Jwks,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Token => "token",
+            Endpoint::Refresh => "refresh",
+            Endpoint::Profile => "profile",
+            Endpoint::Userinfo => "userinfo",
+            Endpoint::Discovery => "discovery",
+            Endpoint::Jwks => "jwks",
+        }
+    }
+}
+
+/// Why an id_token was not trusted (the `reason` label of
+/// `emp_sidecar_id_token_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdTokenFailure {
+    /// The token answer had no id_token.
+    Missing,
+    /// Not a JWS, or required claims (`iss`, `sub`, `aud`, `exp`, `iat`) missing or mistyped.
+    Malformed,
+    /// `alg` is not an accepted asymmetric algorithm (`none` and HMAC never are).
+    Algorithm,
+    /// No key of the provider's JWKS has the token's `kid`, even after re-fetching it.
+    UnknownKey,
+    /// The signature does not verify.
+    Signature,
+    /// `iss` is not the provider's issuer.
+    Issuer,
+    /// `aud` does not contain this client.
+    Audience,
+    /// Several audiences and `azp` is not this client (or `azp` names another client).
+    AuthorizedParty,
+    /// `exp` has passed (beyond the leeway).
+    Expired,
+    /// `iat` or `nbf` lies in the future (beyond the leeway).
+    NotYetValid,
+    /// `nonce` is not the one this login sent.
+    Nonce,
+    /// A refreshed id_token names another subject than the session's.
+    Subject,
+}
+
+impl IdTokenFailure {
+    pub const ALL: [IdTokenFailure; 12] = [
+        IdTokenFailure::Missing,
+        IdTokenFailure::Malformed,
+        IdTokenFailure::Algorithm,
+        IdTokenFailure::UnknownKey,
+        IdTokenFailure::Signature,
+        IdTokenFailure::Issuer,
+        IdTokenFailure::Audience,
+        IdTokenFailure::AuthorizedParty,
+        IdTokenFailure::Expired,
+        IdTokenFailure::NotYetValid,
+        IdTokenFailure::Nonce,
+        IdTokenFailure::Subject,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdTokenFailure::Missing => "missing",
+            IdTokenFailure::Malformed => "malformed",
+            IdTokenFailure::Algorithm => "algorithm",
+            IdTokenFailure::UnknownKey => "unknown_key",
+            IdTokenFailure::Signature => "signature",
+            IdTokenFailure::Issuer => "issuer",
+            IdTokenFailure::Audience => "audience",
+            IdTokenFailure::AuthorizedParty => "azp",
+            IdTokenFailure::Expired => "expired",
+            IdTokenFailure::NotYetValid => "not_yet_valid",
+            IdTokenFailure::Nonce => "nonce",
+            IdTokenFailure::Subject => "subject",
+        }
+    }
+    /// For the error page.
+    pub fn describe(self) -> &'static str {
+        match self {
+            IdTokenFailure::Missing => "the provider sent no ID token",
+            IdTokenFailure::Malformed => "the ID token is malformed or lacks required claims",
+            IdTokenFailure::Algorithm => {
+                "the ID token is signed with an algorithm that is not accepted"
+            }
+            IdTokenFailure::UnknownKey => {
+                "the ID token is signed with a key the provider does not publish"
+            }
+            IdTokenFailure::Signature => "the ID token's signature is not valid",
+            IdTokenFailure::Issuer => "the ID token was issued by another issuer",
+            IdTokenFailure::Audience => "the ID token was issued for another application",
+            IdTokenFailure::AuthorizedParty => {
+                "the ID token was issued to another application (azp)"
+            }
+            IdTokenFailure::Expired => "the ID token has expired",
+            IdTokenFailure::NotYetValid => "the ID token is dated in the future",
+            IdTokenFailure::Nonce => "the ID token belongs to another sign-in (nonce)",
+            IdTokenFailure::Subject => "the refreshed ID token names another user",
+        }
+    }
+}
+
+/// Why a request was the client's fault (the `kind` label of
+/// `emp_sidecar_client_errors_total`); each is a `4xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientErrorKind {
+    /// A path that is not canonical (`routes.path_normalization = "reject"`),
+    /// has an invalid escape, or is not a path.
+    Path,
+    /// HTTP/1.1 without `Host`, or with several.
+    Host,
+    /// A malformed request body (bad chunk framing).
+    Body,
+    /// The request body stalled for `server.body_read_timeout`: `408`.
+    BodyTimeout,
+    /// Any other malformed request (`CONNECT`, an unusable target).
+    Request,
+}
+
+impl ClientErrorKind {
+    pub const ALL: [ClientErrorKind; 5] = [
+        ClientErrorKind::Path,
+        ClientErrorKind::Host,
+        ClientErrorKind::Body,
+        ClientErrorKind::BodyTimeout,
+        ClientErrorKind::Request,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientErrorKind::Path => "path",
+            ClientErrorKind::Host => "host",
+            ClientErrorKind::Body => "body",
+            ClientErrorKind::BodyTimeout => "body_timeout",
+            ClientErrorKind::Request => "request",
+        }
+    }
+}
+
 /// How a login ended (the `result` label of `emp_sidecar_logins_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginResult {
@@ -157,6 +315,7 @@ pub struct Metrics {
     durations: Vec<Histogram>,
     upstream_durations: Histogram,
     upstream_errors: Vec<IntCounter>,
+    client_errors: Vec<IntCounter>,
     pub in_flight: IntGauge,
     logins: Vec<IntCounter>,
     refreshes: Vec<IntCounter>,
@@ -194,6 +353,13 @@ impl Metrics {
             Opts::new(
                 "emp_sidecar_upstream_errors_total",
                 "Requests the upstream could not answer, by kind of failure",
+            ),
+            &["kind"],
+        )?;
+        let client_errors_vec = IntCounterVec::new(
+            Opts::new(
+                "emp_sidecar_client_errors_total",
+                "Requests refused as the client's fault, by kind",
             ),
             &["kind"],
         )?;
@@ -243,6 +409,7 @@ impl Metrics {
         registry.register(Box::new(durations_vec.clone()))?;
         registry.register(Box::new(upstream_durations.clone()))?;
         registry.register(Box::new(errors_vec.clone()))?;
+        registry.register(Box::new(client_errors_vec.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
 
         let requests = RouteClass::ALL
@@ -257,6 +424,10 @@ impl Metrics {
             .iter()
             .map(|k| errors_vec.with_label_values(&[k.as_str()]))
             .collect();
+        let client_errors = ClientErrorKind::ALL
+            .iter()
+            .map(|k| client_errors_vec.with_label_values(&[k.as_str()]))
+            .collect();
         let logins = LoginResult::ALL
             .iter()
             .map(|r| logins_vec.with_label_values(&[r.as_str()]))
@@ -265,11 +436,11 @@ impl Metrics {
             .iter()
             .map(|r| refreshes_vec.with_label_values(&[r.as_str()]))
             .collect();
-        let idp_durations = crate::provider::Endpoint::ALL
+        let idp_durations = Endpoint::ALL
             .iter()
             .map(|e| idp_vec.with_label_values(&[e.as_str()]))
             .collect();
-        let id_token_failures = crate::provider::IdTokenFailure::ALL
+        let id_token_failures = IdTokenFailure::ALL
             .iter()
             .map(|r| id_token_vec.with_label_values(&[r.as_str()]))
             .collect();
@@ -284,6 +455,7 @@ impl Metrics {
             durations,
             upstream_durations,
             upstream_errors,
+            client_errors,
             in_flight,
         })
     }
@@ -307,6 +479,10 @@ impl Metrics {
         self.upstream_errors[kind as usize].inc();
     }
 
+    pub fn client_error(&self, kind: ClientErrorKind) {
+        self.client_errors[kind as usize].inc();
+    }
+
     pub fn login(&self, result: LoginResult) {
         self.logins[result as usize].inc();
     }
@@ -315,11 +491,11 @@ impl Metrics {
         self.refreshes[result as usize].inc();
     }
 
-    pub fn observe_idp(&self, endpoint: crate::provider::Endpoint, seconds: f64) {
+    pub fn observe_idp(&self, endpoint: Endpoint, seconds: f64) {
         self.idp_durations[endpoint as usize].observe(seconds);
     }
 
-    pub fn id_token_failure(&self, reason: crate::provider::IdTokenFailure) {
+    pub fn id_token_failure(&self, reason: IdTokenFailure) {
         self.id_token_failures[reason as usize].inc();
     }
 

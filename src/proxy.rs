@@ -19,10 +19,12 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
+use crate::body::BoxError;
 use crate::config::{Config, HostHeader, Problem};
-use crate::error::{BoxError, ProxyError};
+use crate::error::ProxyError;
+use crate::metrics::ClientErrorKind;
 use pool::{Pool, PoolError};
-use upstream::SentBody;
+use upstream::{ClientBodyError, SentBody};
 
 /// The upstream app and how to reach it; built once at start.
 pub struct Upstream {
@@ -32,6 +34,8 @@ pub struct Upstream {
     host: HeaderValue,
     host_header: HostHeader,
     response_header_timeout: Duration,
+    body_read_timeout: Duration,
+    allowed_upgrades: Vec<String>,
     trust_forwarded: bool,
     cookie_name: String,
     claim_headers: Vec<HeaderName>,
@@ -67,6 +71,8 @@ impl Upstream {
             host,
             host_header: cfg.host_header,
             response_header_timeout: cfg.response_header_timeout,
+            body_read_timeout: config.server.body_read_timeout,
+            allowed_upgrades: cfg.allowed_upgrades.clone(),
             trust_forwarded: config.server.trust_forwarded_headers,
             cookie_name: config.session.cookie_name.clone(),
             claim_headers: config
@@ -99,10 +105,17 @@ impl Upstream {
         tasks: &TaskTracker,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         if req.method() == Method::CONNECT {
-            return Err(ProxyError::BadRequest("CONNECT is not supported"));
+            return Err(ProxyError::BadRequest(
+                ClientErrorKind::Request,
+                "CONNECT is not supported",
+            ));
         }
-        let upgrading =
-            req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+        // Only the protocols `upstream.allowed_upgrades` names are relayed;
+        // any other `Upgrade` is dropped and the request goes on as a plain
+        // one, as nginx does unless told to pass `Upgrade`.
+        let upgrading = req.version() == Version::HTTP_11
+            && headers::is_upgrade_request(req.headers())
+            && headers::upgrade_allowed(req.headers(), &self.allowed_upgrades);
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
@@ -116,7 +129,7 @@ impl Upstream {
         self.filter_request_headers(&mut parts.headers, upgrading, &client, client_host.as_ref());
         parts.version = Version::HTTP_11;
 
-        let (body, sent) = SentBody::new(body);
+        let (body, sent) = SentBody::new(body, self.body_read_timeout);
         let started = Instant::now();
         let request = self.pool.send(Request::from_parts(parts, body));
         // The response-head timeout runs from the moment the request body has
@@ -163,14 +176,16 @@ impl Upstream {
     /// The request target sent upstream, in origin form (`/path?query`),
     /// under the upstream URL's path prefix when it has one.
     fn upstream_uri(&self, client_uri: &Uri) -> Result<Uri, ProxyError> {
-        let pq = client_uri
-            .path_and_query()
-            .ok_or(ProxyError::BadRequest("the request target must be a path"))?;
+        let pq = client_uri.path_and_query().ok_or(ProxyError::BadRequest(
+            ClientErrorKind::Request,
+            "the request target must be a path",
+        ))?;
         let pq = if self.base_path.is_empty() {
             pq.clone()
         } else {
-            PathAndQuery::try_from(format!("{}{}", self.base_path, pq.as_str()))
-                .map_err(|_| ProxyError::BadRequest("invalid request target"))?
+            PathAndQuery::try_from(format!("{}{}", self.base_path, pq.as_str())).map_err(|_| {
+                ProxyError::BadRequest(ClientErrorKind::Request, "invalid request target")
+            })?
         };
         Ok(Uri::from(pq))
     }
@@ -210,6 +225,23 @@ fn classify(e: PoolError) -> ProxyError {
         PoolError::Connect(_) | PoolError::Tls(_) | PoolError::Handshake(_) => {
             ProxyError::UpstreamConnect(e.into())
         }
-        PoolError::Exchange(_) => ProxyError::UpstreamProtocol(e.into()),
+        PoolError::Exchange(ref cause) => match client_body_fault(cause) {
+            Some(ClientBodyError::Timeout) => ProxyError::ClientBodyTimeout,
+            Some(ClientBodyError::Malformed(_)) => ProxyError::ClientBody(e.into()),
+            None => ProxyError::UpstreamProtocol(e.into()),
+        },
     }
+}
+
+/// The client's body fault behind a failed exchange, if that is what it was
+/// (hyper keeps the body's error as the source of its own).
+fn client_body_fault(e: &hyper::Error) -> Option<&ClientBodyError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(fault) = err.downcast_ref::<ClientBodyError>() {
+            return Some(fault);
+        }
+        cur = err.source();
+    }
+    None
 }

@@ -20,7 +20,7 @@ use crate::auth::{self, Auth, Decision};
 use crate::body::{self, Body, Recorded, RequestRecord};
 use crate::config::{Config, PathNormalization};
 use crate::error::{ProxyError, chain};
-use crate::metrics::{Metrics, RouteClass};
+use crate::metrics::{ClientErrorKind, Metrics, RouteClass};
 use crate::path;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::{ClientInfo, Upstream};
@@ -40,7 +40,7 @@ pub struct Conn {
     /// `peer`'s IP as header text, formatted once per connection.
     pub peer_ip: HeaderValue,
     pub tls: bool,
-    pub activity: Arc<crate::server::ConnActivity>,
+    pub activity: Arc<crate::activity::ConnActivity>,
     pub listener: Listener,
 }
 
@@ -184,7 +184,10 @@ impl App {
         let result = if head_size(&req) > self.config.server.max_header_bytes {
             Err(ProxyError::HeadersTooLarge)
         } else {
-            match checked.and_then(|c| rewrite_path(&mut req, c)) {
+            match checked
+                .and_then(|c| rewrite_path(&mut req, c))
+                .and_then(|()| check_host(&req))
+            {
                 Ok(()) => self.dispatch(route, conn, req, &request_id).await,
                 Err(e) => Err(e),
             }
@@ -195,6 +198,9 @@ impl App {
                 resp
             }
             Err(e) => {
+                if let Some(kind) = e.client_kind() {
+                    self.metrics.client_error(kind);
+                }
                 if let Some(kind) = e.upstream_kind() {
                     self.metrics.upstream_error(kind);
                     tracing::warn!(
@@ -220,14 +226,17 @@ impl App {
             Ok(Cow::Owned(canonical)) => match self.config.routes.path_normalization {
                 PathNormalization::Rewrite => Ok(Some(canonical)),
                 PathNormalization::Reject => Err(ProxyError::BadRequest(
+                    ClientErrorKind::Path,
                     "ambiguous request path: dot segments, backslashes, empty segments \
                      and encoded '/', '\\' or unreserved characters are refused",
                 )),
             },
             Err(path::PathError::NotAPath) => Err(ProxyError::BadRequest(
+                ClientErrorKind::Path,
                 "the request target must be a path starting with '/'",
             )),
             Err(path::PathError::InvalidEscape) => Err(ProxyError::BadRequest(
+                ClientErrorKind::Path,
                 "the request path has an invalid percent-escape",
             )),
         }
@@ -346,6 +355,25 @@ impl App {
     }
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; no request
+/// has two. A second one could name another virtual host than the one a
+/// proxy in front checked, so the request is refused rather than guessed at.
+fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    match (first, second, req.version()) {
+        (Some(_), Some(_), _) => Err(ProxyError::BadRequest(
+            ClientErrorKind::Host,
+            "a request may carry only one Host header",
+        )),
+        (None, _, http::Version::HTTP_11) => Err(ProxyError::BadRequest(
+            ClientErrorKind::Host,
+            "an HTTP/1.1 request must carry a Host header",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Bytes of the request head, counted as on the wire in HTTP/1.1.
 fn head_size<B>(req: &Request<B>) -> usize {
     let line = req.method().as_str().len()
@@ -389,7 +417,7 @@ fn rewrite_path<B>(req: &mut Request<B>, canonical: Option<String>) -> Result<()
         None => canonical,
     };
     let mut parts = req.uri().clone().into_parts();
-    let invalid = || ProxyError::BadRequest("invalid request target");
+    let invalid = || ProxyError::BadRequest(ClientErrorKind::Path, "invalid request target");
     parts.path_and_query = Some(http::uri::PathAndQuery::try_from(pq).map_err(|_| invalid())?);
     *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| invalid())?;
     Ok(())

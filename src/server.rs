@@ -6,11 +6,10 @@
 //! in-flight requests, and `run` returns when all are done or
 //! `server.shutdown_timeout` has passed.
 
-mod activity;
 mod sched;
 pub mod tls;
 
-pub use activity::ConnActivity;
+use crate::activity::{self, ConnActivity};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -237,7 +236,7 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let hard_limit = (2 * max_header + 4096).max(8192);
     b.http1()
         // The request-head timeout is the connection watchdog's
-        // (`server/activity.rs`); hyper's would arm a timer per request.
+        // (`activity.rs`); hyper's would arm a timer per request.
         .header_read_timeout(None)
         .max_buf_size(hard_limit)
         .max_headers(512)

@@ -33,6 +33,25 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has_token(headers, "upgrade")
 }
 
+/// Whether every protocol the `Upgrade` header asks for is one of `allowed`
+/// (lower-case names; a version after `/` is ignored).
+pub fn upgrade_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let mut any = false;
+    for value in headers.get_all(header::UPGRADE) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for protocol in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let name = protocol.split('/').next().unwrap_or(protocol);
+            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                return false;
+            }
+            any = true;
+        }
+    }
+    any
+}
+
 fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
 }
@@ -288,6 +307,15 @@ mod tests {
     fn upgrade_survives_when_upgrading() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade_request(&h));
+        let allowed = ["websocket".to_string()];
+        assert!(upgrade_allowed(&h, &allowed));
+        for other in ["h2c", "websocket, h2c", "WebSocket/13, TLS/1.2", ""] {
+            h.insert(header::UPGRADE, HeaderValue::from_str(other).unwrap());
+            assert!(!upgrade_allowed(&h, &allowed), "{other:?}");
+        }
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket/13"));
+        assert!(upgrade_allowed(&h, &allowed));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");

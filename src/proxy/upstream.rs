@@ -1,12 +1,14 @@
 //! How the upstream is reached: the connector for the per-worker pool
 //! (plain TCP, or TLS through rustls with the system's roots plus an optional
 //! CA bundle, `upstream.ca_file`), and the request body wrapper that tells
-//! when the request has been sent in full. Requests go out as HTTP/1.1, as
-//! nginx `proxy_pass` does, whatever the client spoke.
+//! when the request has been sent in full and bounds a stalled upload.
+//! Requests go out as HTTP/1.1, as nginx `proxy_pass` does, whatever the
+//! client spoke.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -14,9 +16,11 @@ use hyper::body::Incoming;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 use tokio_rustls::TlsConnector;
 
 use super::pool::{Connector, Pool};
+use crate::body::BoxError;
 use crate::config::{Problem, UpstreamConfig};
 
 fn problem(key: &str, message: String) -> Problem {
@@ -97,46 +101,111 @@ fn tls_connector(cfg: &UpstreamConfig) -> Result<TlsConnector, Problem> {
     Ok(TlsConnector::from(Arc::new(tls)))
 }
 
+/// Why the client's request body could not be relayed: the client's fault,
+/// told apart from the upstream's by the error chain of the exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("the request body is malformed")]
+    Malformed(#[source] hyper::Error),
+    #[error("the request body stalled for longer than server.body_read_timeout")]
+    Timeout,
+}
+
 pin_project_lite::pin_project! {
-    /// The client's request body on its way upstream; tells when it has been
-    /// sent in full, so the response-header timeout starts then (as nginx's
-    /// `proxy_read_timeout` does) and a slow upload is not cut short.
+    /// The client's request body on its way upstream. It tells when it has
+    /// been sent in full, so the response-header timeout starts then (as
+    /// nginx's `proxy_read_timeout` does) and a slow upload is not cut short;
+    /// and it bounds the wait for each next piece of it (nginx's
+    /// `client_body_timeout`), counted only while the upstream side is
+    /// asking for more, so an app that reads slowly is not the client's fault.
     pub struct SentBody {
         #[pin]
         inner: Incoming,
         done: Option<Arc<Notify>>,
+        stall: Option<Stall>,
     }
+}
+
+/// The body-read timer: armed when a poll finds no data ready.
+struct Stall {
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// The last poll found nothing, so the timer is running.
+    waiting: bool,
 }
 
 impl SentBody {
     /// The body, and what tells when it has been sent: `None` when there is
     /// nothing to send (no body, the usual case), so nothing to wait for.
-    pub fn new(inner: Incoming) -> (Self, Option<Arc<Notify>>) {
+    pub fn new(inner: Incoming, read_timeout: Duration) -> (Self, Option<Arc<Notify>>) {
         if inner.is_end_stream() {
-            return (Self { inner, done: None }, None);
+            let body = Self {
+                inner,
+                done: None,
+                stall: None,
+            };
+            return (body, None);
         }
         let notify = Arc::new(Notify::new());
-        let done = Some(notify.clone());
-        (Self { inner, done }, Some(notify))
+        let stall = Stall {
+            timeout: read_timeout,
+            timer: Box::pin(tokio::time::sleep(read_timeout)),
+            waiting: false,
+        };
+        let body = Self {
+            inner,
+            done: Some(notify.clone()),
+            stall: Some(stall),
+        };
+        (body, Some(notify))
     }
 }
 
 impl HttpBody for SentBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) = polled
-            && let Some(done) = this.done.take()
-        {
-            done.notify_one();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(stall) = this.stall {
+                    stall.waiting = false;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                *this.stall = None;
+                Poll::Ready(Some(Err(ClientBodyError::Malformed(e).into())))
+            }
+            Poll::Ready(None) => {
+                *this.stall = None;
+                if let Some(done) = this.done.take() {
+                    done.notify_one();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let Some(stall) = this.stall else {
+                    return Poll::Pending;
+                };
+                if !stall.waiting {
+                    stall.waiting = true;
+                    let deadline = tokio::time::Instant::now() + stall.timeout;
+                    stall.timer.as_mut().reset(deadline);
+                }
+                match stall.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        *this.stall = None;
+                        Poll::Ready(Some(Err(ClientBodyError::Timeout.into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

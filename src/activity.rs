@@ -4,9 +4,11 @@
 //! with a coarse tick (a quarter of the shorter timeout), the way nginx
 //! keeps lazy timers. Nothing on the request path arms a timer.
 //!
-//! - Idle: no bytes either way and no request in flight for a full
-//!   `server.idle_timeout`. A slow upstream (no bytes, one request in
-//!   flight) therefore never counts as idle.
+//! - Idle: no request in flight and none started for a full
+//!   `server.idle_timeout`. Only requests count: HTTP/2 PING, SETTINGS and
+//!   WINDOW_UPDATE frames (the sidecar's own keep-alive PINGs among them)
+//!   keep bytes flowing on a connection nobody uses. A slow upstream (no
+//!   bytes, one request in flight) never counts as idle.
 //! - Head: bytes arrived while no request was in flight (a request head is
 //!   being read) and no request has started for `server.header_read_timeout`
 //!   (slowloris). HTTP/2 connections are exempt once their first request has
@@ -29,7 +31,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 #[derive(Debug, Default)]
 pub struct ConnActivity {
-    io_ops: AtomicU64,
     in_flight: AtomicUsize,
     /// Requests started so far.
     started: AtomicU64,
@@ -51,11 +52,7 @@ impl ConnActivity {
     pub fn request_done(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
-    fn touch(&self) {
-        self.io_ops.fetch_add(1, Ordering::Relaxed);
-    }
     fn bytes_read(&self) {
-        self.touch();
         if self.in_flight.load(Ordering::Relaxed) == 0
             && !self.h2.load(Ordering::Relaxed)
             && !self.reading_head.load(Ordering::Relaxed)
@@ -83,15 +80,13 @@ pub async fn watchdog(activity: Arc<ConnActivity>, idle: Duration, head: Duratio
     let tick = (idle.min(head) / CHECKS).max(Duration::from_millis(1));
     let ticks_for = |t: Duration| t.as_nanos().div_ceil(tick.as_nanos()).max(1);
     let (idle_ticks, head_ticks) = (ticks_for(idle), ticks_for(head));
-    let mut last_ops = activity.io_ops.load(Ordering::Relaxed);
     let mut last_started = activity.started.load(Ordering::Relaxed);
     let (mut quiet, mut heading) = (0u128, 0u128);
     loop {
         tokio::time::sleep(tick).await;
-        let ops = activity.io_ops.load(Ordering::Relaxed);
         let started = activity.started.load(Ordering::Relaxed);
         let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
-        if ops != last_ops || busy {
+        if started != last_started || busy {
             quiet = 0;
         } else {
             quiet += 1;
@@ -104,7 +99,6 @@ pub async fn watchdog(activity: Arc<ConnActivity>, idle: Duration, head: Duratio
         } else {
             heading = 0;
         }
-        last_ops = ops;
         last_started = started;
         if heading > head_ticks {
             return Expired::Head;
@@ -116,7 +110,8 @@ pub async fn watchdog(activity: Arc<ConnActivity>, idle: Duration, head: Duratio
 }
 
 pin_project_lite::pin_project! {
-    /// A socket that reports each read and write to its [`ConnActivity`].
+    /// A socket that reports the bytes it reads to its [`ConnActivity`] (a
+/// request head in the making).
     pub struct Tracked<T> {
         #[pin]
         inner: T,
@@ -139,12 +134,8 @@ impl<T: AsyncRead> AsyncRead for Tracked<T> {
         let this = self.project();
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
-        if polled.is_ready() {
-            if buf.filled().len() > before {
-                this.activity.bytes_read();
-            } else {
-                this.activity.touch();
-            }
+        if polled.is_ready() && buf.filled().len() > before {
+            this.activity.bytes_read();
         }
         polled
     }
@@ -156,12 +147,7 @@ impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write(cx, buf);
-        if polled.is_ready() {
-            this.activity.touch();
-        }
-        polled
+        self.project().inner.poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -169,12 +155,7 @@ impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write_vectored(cx, bufs);
-        if polled.is_ready() {
-            this.activity.touch();
-        }
-        polled
+        self.project().inner.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

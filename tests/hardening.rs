@@ -1,0 +1,289 @@
+//! Bounds on what a client can hold or smuggle (issue 12, point 2): Host
+//! rules, which upgrades are relayed, a malformed or stalled request body,
+//! and idle HTTP/2 connections. The sidecar runs in-process against real
+//! upstreams on loopback; every wait is bounded.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::Value;
+use support::{Conf, Sidecar, metric, raw_exchange, seen, upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn metrics(sc: &Sidecar) -> String {
+    support::get_text(&sc.url("/metrics")).await
+}
+
+fn client_errors(text: &str, kind: &str) -> f64 {
+    metric(
+        text,
+        &format!("emp_sidecar_client_errors_total{{kind=\"{kind}\"}}"),
+    )
+}
+
+fn body_of(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+fn status_of(resp: &str) -> &str {
+    resp.get(9..12).unwrap_or("")
+}
+
+/// Sends one request on a fresh connection and reads its response (a head,
+/// then `Content-Length` bytes of body), without waiting for the close.
+async fn exchange(sc: &Sidecar, req: &str) -> String {
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return text;
+                }
+            }
+            let n = s.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("answered in time")
+}
+
+#[tokio::test]
+async fn http11_without_host_or_with_two_hosts_is_400_and_not_forwarded() {
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&Conf::new(&up.url())).await;
+    let limit = Duration::from_secs(10);
+    for req in [
+        "GET /public/echo HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /public/echo HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+        "GET /public/echo HTTP/1.0\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+    ] {
+        let resp = raw_exchange(sc.addr, req.as_bytes(), limit).await;
+        assert_eq!(status_of(&resp), "400", "{req:?}: {resp}");
+        assert!(body_of(&resp).contains("Host"), "{resp}");
+    }
+    // HTTP/1.0 may leave Host out.
+    let resp = raw_exchange(sc.addr, b"GET /public/echo HTTP/1.0\r\n\r\n", limit).await;
+    assert_eq!(status_of(&resp), "200", "{resp}");
+    let text = metrics(&sc).await;
+    assert_eq!(client_errors(&text, "host"), 3.0);
+    assert!(text.contains("emp_sidecar_upstream_response_duration_seconds_count 1"));
+    sc.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_are_relayed_never_h2c() {
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&Conf::new(&up.url())).await;
+    let limit = Duration::from_secs(10);
+    // h2c to an app route: forwarded as a plain request, the upgrade gone.
+    let req = "GET /public/echo HTTP/1.1\r\nHost: a.test\r\n\
+        Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+        HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+    let resp = exchange(&sc, req).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let echo: Value = serde_json::from_str(body_of(&resp)).unwrap();
+    assert!(seen(&echo, "upgrade").is_empty(), "{echo}");
+    assert!(seen(&echo, "http2-settings").is_empty(), "{echo}");
+    assert!(
+        !seen(&echo, "connection")
+            .iter()
+            .any(|c| c.contains("pgrade")),
+        "{echo}"
+    );
+
+    // An app that would switch to anything it is asked for (the test app's
+    // /ws answers 101 to any handshake key) cannot be turned into a tunnel
+    // by another protocol name: the sidecar did not ask for a switch, so a
+    // 101 is a broken response.
+    for protocol in ["h2c", "websocket, h2c", "tls/1.3"] {
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\n\
+             Upgrade: {protocol}\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let resp = exchange(&sc, &req).await;
+        assert!(resp.starts_with("HTTP/1.1 502"), "{protocol}: {resp}");
+    }
+    // WebSocket itself still passes.
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", sc.addr))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    use futures_util::{SinkExt, StreamExt};
+    ws.send("ping".into()).await.unwrap();
+    let echoed = tokio::time::timeout(limit, ws.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.unwrap().into_text().unwrap(), "ping");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    sc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_malformed_request_body_is_the_clients_fault() {
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&Conf::new(&up.url())).await;
+    let limit = Duration::from_secs(10);
+    for body in [
+        // A chunk size that is not hex.
+        "zz\r\nhello\r\n0\r\n\r\n",
+        // Chunk lines ended by a bare LF.
+        "5\nhello\n0\n\n",
+    ] {
+        let req = format!(
+            "POST /public/upload HTTP/1.1\r\nHost: a.test\r\n\
+             Transfer-Encoding: chunked\r\n\r\n{body}"
+        );
+        let resp = raw_exchange(sc.addr, req.as_bytes(), limit).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{body:?}: {resp}");
+        assert!(body_of(&resp).contains("bad_request"), "{resp}");
+    }
+    let text = metrics(&sc).await;
+    assert_eq!(client_errors(&text, "body"), 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            "emp_sidecar_upstream_errors_total{kind=\"protocol\"}"
+        ),
+        0.0
+    );
+    sc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stalled_upload_gets_408_and_frees_its_upstream_connection() {
+    // The upstream is a bare socket, so the test sees the sidecar close it.
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_url = format!("http://{}", app.local_addr().unwrap());
+    let sc = Sidecar::start(&Conf::new(&app_url).server("body_read_timeout = \"500ms\"")).await;
+    let mut client = TcpStream::connect(sc.addr).await.unwrap();
+    client
+        .write_all(
+            b"POST /public/upload HTTP/1.1\r\nHost: a.test\r\n\
+              Content-Length: 1000000\r\n\r\nfirst bytes",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (mut upstream, _) = tokio::time::timeout(Duration::from_secs(10), app.accept())
+        .await
+        .expect("the sidecar connects to the app")
+        .unwrap();
+    // The app reads what was relayed until the sidecar closes the connection.
+    let relayed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match upstream.read(&mut buf).await {
+                Ok(0) | Err(_) => return all,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the sidecar closed its upstream connection");
+    assert!(String::from_utf8_lossy(&relayed).ends_with("first bytes"));
+    let mut resp = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut resp))
+        .await
+        .expect("the client is answered")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&resp[..n]);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(450), "{waited:?}");
+    let text = metrics(&sc).await;
+    assert_eq!(client_errors(&text, "body_timeout"), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "emp_sidecar_upstream_errors_total{kind=\"protocol\"}"
+        ),
+        0.0
+    );
+    sc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_app_reading_the_upload_is_not_a_stalled_client() {
+    // The body timeout runs only while the sidecar waits for the client:
+    // an upload the app reads slowly, through backpressure, passes.
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&Conf::new(&up.url()).server("body_read_timeout = \"300ms\"")).await;
+    let chunk = bytes::Bytes::from(vec![b'x'; 256 * 1024]);
+    let stream = futures_util::stream::iter(0..16).then(move |i| {
+        let chunk = chunk.clone();
+        async move {
+            if i % 4 == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok::<_, std::io::Error>(chunk)
+        }
+    });
+    use futures_util::StreamExt;
+    let resp = support::http_client()
+        .post(sc.url("/public/upload"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), (16 * 256 * 1024).to_string());
+    sc.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_although_pings_keep_flowing() {
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&Conf::new(&up.url()).server("idle_timeout = \"1s\"")).await;
+    let tcp = TcpStream::connect(sc.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_while_idle(true)
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = hyper::Request::get(sc.url("/public/echo"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), tx.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let idle_from = Instant::now();
+    // The client pings every 100 ms; only requests are activity, so the
+    // sidecar sends GOAWAY once it has been idle for 1-1.25 s.
+    tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("the idle HTTP/2 connection was closed")
+        .unwrap()
+        .unwrap();
+    let idle = idle_from.elapsed();
+    assert!(idle >= Duration::from_millis(900), "{idle:?}");
+    sc.shutdown().await;
+}
