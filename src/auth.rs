@@ -42,7 +42,7 @@ pub enum Decision {
     },
     NeedsLogin,
     /// The session's token expired and the IdP cannot refresh it now.
-    IdpUnavailable(IdpError),
+    IdpUnavailable(Arc<IdpError>),
 }
 
 /// A login between redirect and callback: where to return, and the
@@ -126,6 +126,7 @@ impl Auth {
             store.clone(),
             metrics.clone(),
             config.token.refresh_margin,
+            config.provider.timeout,
         );
         Auth {
             provider,

@@ -34,7 +34,7 @@ pub enum ProxyError {
 
     // The identity provider's fault.
     #[error("the session's token expired and the identity provider cannot refresh it now")]
-    IdpUnavailable(#[source] crate::provider::IdpError),
+    IdpUnavailable(#[source] std::sync::Arc<crate::provider::IdpError>),
 }
 
 impl ProxyError {

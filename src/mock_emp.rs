@@ -136,6 +136,8 @@ impl MockEmp {
     }
 
     /// The next token request (code or refresh) is answered with this.
+    /// (`{refresh_token}` and `{code}` in `body` become the request's own,
+    /// as an IdP that echoes its input would answer.)
     pub fn queue_token_error(&self, status: u16, body: &str) {
         self.shared
             .state()
@@ -342,6 +344,12 @@ async fn token(shared: &Shared, q: &[(String, String)], body: &str) -> Resp {
         }
         if let Some((status, body)) = st.queued_errors.pop_front() {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            // Some IdPs echo what they were sent in their error messages.
+            let echo = |text: String, name: &str| match param(q, name) {
+                Some(value) => text.replace(&format!("{{{name}}}"), value),
+                None => text,
+            };
+            let body = echo(echo(body, "refresh_token"), "code");
             return respond(status, "application/json", body);
         }
     }

@@ -185,20 +185,47 @@ pub trait Provider: Send + Sync {
     ) -> BoxFuture<'a, Result<TokenSet, IdpError>>;
 }
 
+/// The largest IdP answer read (token, profile, userinfo, discovery,
+/// JWKS): real ones are a few kilobytes; a larger one is refused as it
+/// streams in, before it can take the sidecar's memory.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
 /// One IdP call: timed, its answer sorted into success (a JSON value) or
 /// an [`IdpError`]. Errors never carry the URL, whose query may hold a
-/// code or a refresh token.
+/// code or a refresh token, and `secrets` (the code, tokens and client
+/// secret the request carried) are cut out of any text the IdP sent back,
+/// since some IdPs echo them in their error messages.
 pub(crate) async fn call(
     metrics: &Metrics,
     endpoint: Endpoint,
     req: reqwest::RequestBuilder,
+    secrets: &[&str],
 ) -> Result<Value, IdpError> {
     let start = Instant::now();
     let result = async {
-        let resp = req.send().await.map_err(|e| transport(endpoint, e))?;
+        let mut resp = req.send().await.map_err(|e| transport(endpoint, e))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| transport(endpoint, e))?;
-        Ok::<_, IdpError>((status, body))
+        if status.is_server_error() {
+            return Ok::<_, IdpError>((status, Vec::new()));
+        }
+        let too_large = || IdpError::InvalidResponse {
+            endpoint,
+            reason: format!("the answer is larger than {MAX_ANSWER_BYTES} bytes"),
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport(endpoint, e))? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, body))
     }
     .await;
     metrics.observe_idp(endpoint, start.elapsed().as_secs_f64());
@@ -211,11 +238,12 @@ pub(crate) async fn call(
     }
     if status.is_client_error() {
         let (code, message) = wire::error_details(&body);
+        let clean = |text: Option<String>| text.map(|t| redact(t, secrets));
         return Err(IdpError::Rejected {
             endpoint,
             status: status.as_u16(),
-            code,
-            message,
+            code: clean(code),
+            message: clean(message),
         });
     }
     if status.is_server_error() {
@@ -228,6 +256,21 @@ pub(crate) async fn call(
         endpoint,
         reason: format!("unexpected HTTP {status}"),
     })
+}
+
+/// `text` with every secret (as sent, or form-encoded) replaced by
+/// `[redacted]`. Values shorter than 6 bytes are left alone: no secret is
+/// that short, and cutting a common word would garble the message.
+pub(crate) fn redact(mut text: String, secrets: &[&str]) -> String {
+    for secret in secrets.iter().filter(|s| s.len() >= 6) {
+        let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        for form in [*secret, encoded.as_str()] {
+            if text.contains(form) {
+                text = text.replace(form, "[redacted]");
+            }
+        }
+    }
+    text
 }
 
 fn transport(endpoint: Endpoint, e: reqwest::Error) -> IdpError {
@@ -319,5 +362,17 @@ mod tests {
             let base = Url::parse(base).unwrap();
             assert_eq!(endpoint(&base, path).as_str(), want, "{base} + {path}");
         }
+    }
+
+    #[test]
+    fn secrets_are_cut_from_idp_text_as_sent_and_form_encoded() {
+        let rt = "rt/abc+def==";
+        let text = format!("refresh_token {rt} (sent as rt%2Fabc%2Bdef%3D%3D) is revoked");
+        assert_eq!(
+            redact(text, &[rt, "short"]),
+            "refresh_token [redacted] (sent as [redacted]) is revoked"
+        );
+        // Values too short to be secrets are left alone.
+        assert_eq!(redact("a short word".into(), &["short"]), "a short word");
     }
 }

@@ -344,9 +344,19 @@ async fn serve_connection(
         Listener::Main => worker.tls.as_ref(),
         Listener::Metrics => None,
     };
+    // Until the first byte (or the TLS handshake) the connection holds no
+    // request: on shutdown it is closed at once instead of holding the
+    // drain for the head timeout (clients open spare connections they may
+    // never use).
+    let mut stop = worker.stop.clone();
     match tls {
         Some(acceptor) => {
-            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+            let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+            let handshake = tokio::select! {
+                h = handshake => h,
+                () = stopping(&mut stop) => return,
+            };
+            match handshake {
                 Ok(Ok(tls)) => {
                     let io = activity::Tracked::new(tls, activity.clone());
                     serve_io(&worker, io, peer, true, kind, activity).await
@@ -359,13 +369,25 @@ async fn serve_connection(
             // hyper starts its header timer only after sniffing the protocol,
             // so bound the wait for the first byte here.
             let mut first = [0u8; 1];
-            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {
-                    let io = activity::Tracked::new(stream, activity.clone());
-                    serve_io(&worker, io, peer, false, kind, activity).await
-                }
-                _ => {}
+            let peeked = tokio::select! {
+                p = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => p,
+                () = stopping(&mut stop) => return,
+            };
+            if let Ok(Ok(n)) = peeked
+                && n > 0
+            {
+                let io = activity::Tracked::new(stream, activity.clone());
+                serve_io(&worker, io, peer, false, kind, activity).await
             }
+        }
+    }
+}
+
+/// Resolves once shutdown has begun (at once if it has already).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -5,7 +5,6 @@
 pub mod cookie;
 pub mod memory;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,9 +12,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderName, HeaderValue};
 use rand::RngCore as _;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::provider::{BoxFuture, TokenSet};
+use crate::provider::{BoxFuture, IdpError, TokenSet};
 
 /// 256 random bits, URL-safe base64: session ids, `state` values.
 pub fn random_token() -> String {
@@ -78,15 +78,68 @@ pub struct Identity {
     pub claim_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// Single-flight bookkeeping for refreshes of one session.
+/// How a refresh flight ended, as its waiters learn it.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Refreshed,
+    Ended,
+    Failed(Arc<IdpError>),
+}
+
+/// A refresh flight's outcome, once it has one.
+pub type Flight = watch::Receiver<Option<Outcome>>;
+
+/// Single-flight bookkeeping for refreshes of one session
+/// ([`crate::token_cache`]).
 #[derive(Debug, Default)]
 pub struct RefreshState {
-    /// A background refresh is running.
-    pub running: AtomicBool,
-    /// Held by whoever is refreshing; requests with an expired token wait on it.
-    pub lock: tokio::sync::Mutex<()>,
-    /// After a transient failure, no new attempt before this.
-    pub retry_after: Mutex<Option<Instant>>,
+    /// The refresh in the air, if any: its outcome is published here.
+    flight: Mutex<Option<Flight>>,
+    /// After a transient failure: no new flight before this, and the error
+    /// that requests with an expired token get meanwhile.
+    cool_down: Mutex<Option<(Instant, Arc<IdpError>)>>,
+}
+
+impl RefreshState {
+    /// The flight in the air.
+    pub fn current(&self) -> Option<Flight> {
+        lock(&self.flight).clone()
+    }
+
+    /// Claims the flight: the sender to publish its outcome on, or `None`
+    /// when one is in the air already.
+    pub fn take_off(&self) -> Option<watch::Sender<Option<Outcome>>> {
+        let mut slot = lock(&self.flight);
+        if slot.is_some() {
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        *slot = Some(rx);
+        Some(tx)
+    }
+
+    /// The flight is over: the next refresh is a new one.
+    pub fn land(&self) {
+        *lock(&self.flight) = None;
+    }
+
+    /// The error of the last failure while its cool-down lasts.
+    pub fn cooling(&self, now: Instant) -> Option<Arc<IdpError>> {
+        lock(&self.cool_down)
+            .as_ref()
+            .filter(|(until, _)| now < *until)
+            .map(|(_, e)| e.clone())
+    }
+
+    pub fn set_cool_down(&self, cool_down: Option<(Instant, Arc<IdpError>)>) {
+        *lock(&self.cool_down) = cool_down;
+    }
+}
+
+/// A poisoned lock still holds consistent data here (plain values swapped
+/// whole), so it is used as it is.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[derive(Debug)]

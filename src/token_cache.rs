@@ -6,27 +6,31 @@
 //!   still-valid token and one background refresh starts for the session,
 //!   unless one is running (single flight) or a transient failure asked to
 //!   wait.
-//! - Expired: the request waits for one refresh, shared by every request of
-//!   the session (they queue on the session's refresh lock and find the new
-//!   token when they get it).
+//! - Expired: the request waits for the session's refresh, at most
+//!   `provider.timeout`, then gets `503` while the refresh goes on.
 //!
+//! Every refresh of a session is one flight: a task that makes the attempts
+//! of the retry schedule and publishes its outcome to whoever waits, so
+//! however many requests arrive, the IdP sees at most the schedule's calls.
 //! A refresh the IdP refuses (4xx: the refresh token is no longer good)
 //! ends the session. A transient failure (5xx, timeout, unreachable) keeps
-//! the current token in use until it expires, and is retried with backoff.
+//! the current token in use until it expires and starts a cool-down: no
+//! new flight before it ends, and a request whose token has expired gets
+//! `503` at once instead of waiting on an IdP that just failed.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::metrics::{Metrics, RefreshResult};
+use crate::metrics::{Endpoint, Metrics, RefreshResult};
 use crate::provider::{IdpError, Provider};
-use crate::session::{Session, SessionStore, Tokens};
+use crate::session::{Flight, Outcome, Session, SessionStore, Tokens};
 
 /// Attempts per refresh, and the pause before each retry.
 const RETRY_BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
-/// After a refresh failed for good this time, no new background attempt for this long.
+/// After a refresh failed for good this time, no new attempt for this long.
 const COOL_DOWN: Duration = Duration::from_secs(5);
 
 /// The outcome for one request.
@@ -37,7 +41,7 @@ pub enum Fresh {
     /// The session is over (refresh refused, or nothing to refresh with).
     Ended,
     /// The token has expired and the IdP cannot refresh it right now.
-    Unavailable(IdpError),
+    Unavailable(Arc<IdpError>),
 }
 
 pub struct TokenCache {
@@ -45,6 +49,8 @@ pub struct TokenCache {
     store: Arc<dyn SessionStore>,
     metrics: Arc<Metrics>,
     margin: Duration,
+    /// The longest a request waits for a refresh (`provider.timeout`).
+    wait: Duration,
 }
 
 impl TokenCache {
@@ -53,12 +59,14 @@ impl TokenCache {
         store: Arc<dyn SessionStore>,
         metrics: Arc<Metrics>,
         margin: Duration,
+        wait: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             provider,
             store,
             metrics,
             margin,
+            wait,
         })
     }
 
@@ -74,65 +82,78 @@ impl TokenCache {
             return Fresh::Valid(tokens);
         }
         if now < tokens.expires_at {
-            self.refresh_in_background(id, session);
+            if session.refresh.cooling(now).is_none() {
+                self.flight(id, session);
+            }
             return Fresh::Valid(tokens);
         }
-        // Expired: one refresh for everyone, whoever gets the lock first.
-        let _turn = session.refresh.lock.lock().await;
-        let current = session.tokens();
-        if Instant::now() < current.expires_at {
-            return Fresh::Valid(current);
-        }
-        match self.refresh(session, &current).await {
-            Ok(tokens) => Fresh::Valid(tokens),
-            Err(Some(e)) if e.is_transient() => Fresh::Unavailable(e),
-            Err(_) => {
-                self.store.remove(id).await;
-                Fresh::Ended
+        // Expired: join the flight in the air, or start one unless the IdP
+        // failed a moment ago.
+        let flight = match session.refresh.current() {
+            Some(flight) => flight,
+            None => match session.refresh.cooling(now) {
+                Some(e) => return Fresh::Unavailable(e),
+                None => self.flight(id, session),
+            },
+        };
+        match tokio::time::timeout(self.wait, landed(flight)).await {
+            Ok(Outcome::Refreshed) => {
+                let tokens = session.tokens();
+                if Instant::now() < tokens.expires_at {
+                    Fresh::Valid(tokens)
+                } else {
+                    Fresh::Unavailable(Arc::new(IdpError::Timeout {
+                        endpoint: Endpoint::Refresh,
+                    }))
+                }
             }
+            Ok(Outcome::Ended) => Fresh::Ended,
+            Ok(Outcome::Failed(e)) => Fresh::Unavailable(e),
+            Err(_) => Fresh::Unavailable(Arc::new(IdpError::Timeout {
+                endpoint: Endpoint::Refresh,
+            })),
         }
     }
 
-    fn refresh_in_background(self: &Arc<Self>, id: &str, session: &Arc<Session>) {
-        let state = &session.refresh;
-        if let Ok(after) = state.retry_after.lock()
-            && after.is_some_and(|t| Instant::now() < t)
-        {
-            return;
-        }
-        if state.running.swap(true, Ordering::AcqRel) {
-            return;
-        }
+    /// The session's refresh flight: the one in the air, or a new one.
+    fn flight(self: &Arc<Self>, id: &str, session: &Arc<Session>) -> Flight {
+        let Some(tx) = session.refresh.take_off() else {
+            return session.refresh.current().unwrap_or_else(|| {
+                // Landed between the two looks: its outcome is in the session.
+                watch::channel(Some(Outcome::Refreshed)).1
+            });
+        };
+        let flight = tx.subscribe();
         let cache = self.clone();
         let session = session.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            let before = session.tokens();
-            {
-                let _turn = session.refresh.lock.lock().await;
-                // An inline refresh may have run while this task waited.
-                let current = session.tokens();
-                if Arc::ptr_eq(&before, &current) {
-                    match cache.refresh(&session, &current).await {
-                        Ok(_) => set_retry_after(&session, None),
-                        Err(Some(e)) if e.is_transient() => {
-                            set_retry_after(&session, Some(Instant::now() + COOL_DOWN));
-                        }
-                        Err(_) => cache.store.remove(&id).await,
-                    }
+            let current = session.tokens();
+            let outcome = match cache.refresh(&session, &current).await {
+                Ok(()) => {
+                    session.refresh.set_cool_down(None);
+                    Outcome::Refreshed
                 }
-            }
-            session.refresh.running.store(false, Ordering::Release);
+                Err(Some(e)) if e.is_transient() => {
+                    let e = Arc::new(e);
+                    let until = Instant::now() + COOL_DOWN;
+                    session.refresh.set_cool_down(Some((until, e.clone())));
+                    Outcome::Failed(e)
+                }
+                Err(_) => {
+                    cache.store.remove(&id).await;
+                    Outcome::Ended
+                }
+            };
+            session.refresh.land();
+            let _ = tx.send(Some(outcome));
         });
+        flight
     }
 
     /// One refresh with retries on transient failures. `Err(None)` means
     /// there is no refresh token to use.
-    async fn refresh(
-        &self,
-        session: &Session,
-        current: &Tokens,
-    ) -> Result<Arc<Tokens>, Option<IdpError>> {
+    async fn refresh(&self, session: &Session, current: &Tokens) -> Result<(), Option<IdpError>> {
         let Some(refresh_token) = current.refresh_token.clone() else {
             return Err(None);
         };
@@ -159,7 +180,7 @@ impl TokenCache {
                     };
                     session.set_tokens(tokens);
                     self.metrics.refresh(RefreshResult::Success);
-                    return Ok(session.tokens());
+                    return Ok(());
                 }
                 Err(e) if e.is_transient() && attempt < RETRY_BACKOFF.len() => {
                     tokio::time::sleep(RETRY_BACKOFF[attempt]).await;
@@ -180,9 +201,14 @@ impl TokenCache {
     }
 }
 
-fn set_retry_after(session: &Session, at: Option<Instant>) {
-    if let Ok(mut after) = session.refresh.retry_after.lock() {
-        *after = at;
+/// Waits for a flight's outcome; a flight that vanished (its task ended
+/// without one) counts as a failure to reach the IdP.
+async fn landed(mut flight: Flight) -> Outcome {
+    match flight.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().unwrap_or(Outcome::Refreshed),
+        Err(_) => Outcome::Failed(Arc::new(IdpError::Timeout {
+            endpoint: Endpoint::Refresh,
+        })),
     }
 }
 

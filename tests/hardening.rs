@@ -287,3 +287,30 @@ async fn an_idle_http2_connection_is_closed_although_pings_keep_flowing() {
     assert!(idle >= Duration::from_millis(900), "{idle:?}");
     sc.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sent_a_byte_does_not_hold_the_drain() {
+    // Clients open spare connections they may never use; one of those used
+    // to hold shutdown for the whole header_read_timeout (30 s here).
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&Conf::new(&up.url()).server("header_read_timeout = \"30s\"")).await;
+    let silent = TcpStream::connect(sc.addr).await.unwrap();
+    // The connection reaches its worker before the drain starts.
+    assert_eq!(
+        support::http_client()
+            .get(sc.url("/ping"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let started = Instant::now();
+    assert!(sc.shutdown().await, "drained");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}

@@ -367,9 +367,17 @@ async fn an_idp_outage_keeps_sessions_on_their_token_then_answers_503() {
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "identity_provider_unavailable");
-    // The IdP is back: the same session goes on.
+    // The IdP is back: once the 5 s cool-down after the last failure is
+    // over (503 at once until then), the same session goes on.
     w.emp.set_down(false);
-    let resp = b.api(&w.sc.url("/app/echo")).await;
+    let back = std::time::Instant::now();
+    let resp = loop {
+        let resp = b.api(&w.sc.url("/app/echo")).await;
+        if resp.status() != 503 || back.elapsed() > Duration::from_secs(8) {
+            break resp;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(resp.status(), 200);
     assert!(
         w.emp
@@ -389,6 +397,13 @@ async fn idp_errors_show_an_escaped_page_naming_the_emp_code_and_message() {
         queued: Option<(u16, &'static str)>,
         expected: &'static [&'static str],
     }
+    let huge_answer: &'static str = Box::leak(
+        format!(
+            r#"{{"access_token":"{}","expires_in":3600}}"#,
+            "a".repeat(2 << 20)
+        )
+        .into_boxed_str(),
+    );
     let cases = [
         Case {
             user: "alice",
@@ -429,6 +444,21 @@ async fn idp_errors_show_an_escaped_page_naming_the_emp_code_and_message() {
             queued: Some((503, "busy")),
             expected: &["could not be reached"],
         },
+        // An IdP that echoes the code: the page names the error, not the code.
+        Case {
+            user: "alice",
+            queued: Some((
+                400,
+                r#"{"error":"invalid_grant","error_description":"code {code} was already used"}"#,
+            )),
+            expected: &["invalid_grant", "code [redacted] was already used"],
+        },
+        // An answer too large to read is refused as it streams in.
+        Case {
+            user: "alice",
+            queued: Some((200, huge_answer)),
+            expected: &["gave an unusable answer"],
+        },
     ];
     for Case {
         user,
@@ -443,8 +473,14 @@ async fn idp_errors_show_an_escaped_page_naming_the_emp_code_and_message() {
         if let Some((s, body)) = queued {
             w.emp.queue_token_error(s, body);
         }
+        let code = url::Url::parse(&callback)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "code")
+            .map(|(_, v)| v.into_owned())
+            .unwrap();
         let resp = b.get(&callback).await;
-        assert_eq!(resp.status().as_u16(), status, "{user} {queued:?}");
+        assert_eq!(resp.status().as_u16(), status, "{user}");
         assert!(
             resp.headers()["content-type"]
                 .to_str()
@@ -456,6 +492,7 @@ async fn idp_errors_show_an_escaped_page_naming_the_emp_code_and_message() {
             assert!(html.contains(e), "{e:?} not on the page:\n{html}");
         }
         assert!(!html.contains("<script>"), "unescaped markup");
+        assert!(!html.contains(&code), "the code is on the page");
         assert!(
             !b.cookies.contains_key("_emp_sidecar"),
             "a session was created"
@@ -481,10 +518,10 @@ async fn idp_errors_show_an_escaped_page_naming_the_emp_code_and_message() {
     assert!(html.contains("access_denied") && html.contains("User said no"));
     let m = metrics(&w).await;
     assert!(
-        m.contains(r#"emp_sidecar_logins_total{result="rejected"} 5"#),
+        m.contains(r#"emp_sidecar_logins_total{result="rejected"} 6"#),
         "{m}"
     );
-    assert!(m.contains(r#"emp_sidecar_logins_total{result="idp_error"} 1"#));
+    assert!(m.contains(r#"emp_sidecar_logins_total{result="idp_error"} 2"#));
     assert!(m.contains(r#"emp_sidecar_logins_total{result="denied"} 1"#));
 }
 

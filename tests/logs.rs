@@ -30,6 +30,21 @@ async fn no_token_code_cookie_or_secret_in_any_log_line() {
     let resp = b.login(&sc.url("/app/echo?q=1"), "alice").await;
     assert_eq!(resp.status(), 302);
     support::browse_until_refresh(&sc.url("/app/echo"), &b.cookie_header(), &emp).await;
+    // An IdP that echoes the refresh token in its refusal: the session ends
+    // and the WARN line names the refusal with the token cut out.
+    emp.queue_token_error(
+        400,
+        r#"{"error":"invalid_grant","error_description":"refresh token {refresh_token} is revoked"}"#,
+    );
+    let mut ended = false;
+    for _ in 0..100 {
+        if b.api(&sc.url("/app/echo")).await.status() == 401 {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ended, "the refused refresh did not end the session");
     let resp = b.get(&sc.url("/oauth2/sign_out")).await;
     assert_eq!(resp.status(), 302);
 
@@ -52,6 +67,12 @@ async fn no_token_code_cookie_or_secret_in_any_log_line() {
         output.len()
     );
     assert!(output.iter().any(|l| l.contains("login succeeded")));
+    assert!(
+        output
+            .iter()
+            .any(|l| l.contains("refresh token [redacted] is revoked")),
+        "the refusal is logged, redacted"
+    );
 
     let mut secrets: Vec<String> = emp.issued_secrets();
     assert!(secrets.len() >= 4, "code, access tokens, refresh token");

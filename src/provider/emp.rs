@@ -88,7 +88,7 @@ impl Provider for Emp {
                 ("grant_type", "refresh_token"),
             ];
             let req = self.http.post(self.token_url(&params));
-            let v = call(&self.metrics, Endpoint::Refresh, req).await?;
+            let v = call(&self.metrics, Endpoint::Refresh, req, &[refresh_token]).await?;
             token_set(Endpoint::Refresh, &v)
         })
     }
@@ -106,7 +106,7 @@ impl Emp {
             params.push(("backend_url", backend.as_str()));
         }
         let req = self.http.post(self.token_url(&params));
-        let v = call(&self.metrics, Endpoint::Token, req).await?;
+        let v = call(&self.metrics, Endpoint::Token, req, &[&callback.code]).await?;
         token_set(Endpoint::Token, &v)
     }
 
@@ -116,7 +116,13 @@ impl Emp {
             return Ok(Value::Object(Default::default()));
         };
         let req = self.http.get(url.clone()).bearer_auth(&tokens.access_token);
-        let v = call(&self.metrics, Endpoint::Profile, req).await?;
+        let v = call(
+            &self.metrics,
+            Endpoint::Profile,
+            req,
+            &[&tokens.access_token],
+        )
+        .await?;
         if v.is_object() {
             Ok(v)
         } else {

@@ -213,7 +213,7 @@ impl Oidc {
     async fn discover(&self) -> Result<Metadata, IdpError> {
         const E: Endpoint = Endpoint::Discovery;
         let url = endpoint(&self.base, "/.well-known/openid-configuration");
-        let doc = call(&self.metrics, E, self.http.get(url)).await?;
+        let doc = call(&self.metrics, E, self.http.get(url), &[]).await?;
         let issuer = wire::string(&doc, "issuer").ok_or_else(|| invalid(E, "no issuer"))?;
         // OpenID Connect Discovery 4.3: the issuer must be the one asked
         // (a trailing slash either side is tolerated, as Auth0-style issuers have one).
@@ -286,6 +286,7 @@ impl Oidc {
             &self.metrics,
             Endpoint::Jwks,
             self.http.get(meta.jwks_uri.clone()),
+            &[],
         )
         .await;
         let fetched = doc
@@ -369,7 +370,14 @@ impl Oidc {
         let req = req
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body);
-        call(&self.metrics, endpoint, req).await
+        // Everything but the grant type and the redirect URI is secret.
+        let secrets: Vec<&str> = form
+            .iter()
+            .filter(|(k, _)| !matches!(*k, "grant_type" | "redirect_uri" | "client_id"))
+            .map(|(_, v)| *v)
+            .chain([self.client_secret.as_str()])
+            .collect();
+        call(&self.metrics, endpoint, req, &secrets).await
     }
 
     /// Userinfo claims over the id_token's (OpenID Connect Core 5.3.2: its
@@ -391,6 +399,7 @@ impl Oidc {
             &self.metrics,
             E,
             self.http.get(url).bearer_auth(access_token),
+            &[access_token],
         )
         .await?;
         let Value::Object(info) = info else {

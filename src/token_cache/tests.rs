@@ -16,6 +16,8 @@ enum Answer {
     OkRotating,
     Reject,
     Fail,
+    /// Answers nothing until the provider's own timeout (the delay) ends the call.
+    Hang,
 }
 
 struct Fake {
@@ -81,6 +83,9 @@ impl Provider for Fake {
                     endpoint: Endpoint::Refresh,
                     status: 503,
                 }),
+                Answer::Hang => Err(IdpError::Timeout {
+                    endpoint: Endpoint::Refresh,
+                }),
             }
         })
     }
@@ -93,6 +98,9 @@ struct Setup {
     session: Arc<Session>,
     metrics: Arc<Metrics>,
 }
+
+/// `provider.timeout`: the longest a request waits for a refresh.
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A session whose token expires in `expires_in`, with a 10 s margin.
 async fn setup(fake: Arc<Fake>, expires_in: Duration) -> Setup {
@@ -107,6 +115,7 @@ async fn setup(fake: Arc<Fake>, expires_in: Duration) -> Setup {
         store.clone(),
         metrics.clone(),
         Duration::from_secs(10),
+        PROVIDER_TIMEOUT,
     );
     let tokens = Tokens::issued(
         TokenSet {
@@ -261,22 +270,101 @@ async fn an_idp_outage_keeps_the_current_token_until_it_expires() {
     );
     run_for(Duration::from_millis(10)).await;
     assert_eq!(s.fake.calls.load(Ordering::SeqCst), 3);
-    // Expired: the request is told the IdP is unavailable (after one more
-    // inline round of attempts), and the session survives.
+    // Expired during the cool-down (it runs to 12 s): 503 at once, no call.
     run_for(Duration::from_secs(3)).await;
+    let before = Instant::now();
+    assert!(matches!(
+        s.cache.fresh("sid", &s.session).await,
+        Fresh::Unavailable(_)
+    ));
+    assert_eq!(Instant::now(), before, "no wait during the cool-down");
+    assert_eq!(s.fake.calls.load(Ordering::SeqCst), 3);
+    // After it, one more flight of three attempts; the session survives.
+    run_for(Duration::from_secs(2)).await;
     assert!(matches!(
         s.cache.fresh("sid", &s.session).await,
         Fresh::Unavailable(_)
     ));
     assert_eq!(s.fake.calls.load(Ordering::SeqCst), 6);
     assert!(s.store.get("sid").await.is_some());
-    // The IdP comes back: the next request gets a new token.
+    // The IdP comes back: once the cool-down is over, a new token.
     *s.fake.answer.lock().unwrap() = Answer::Ok;
+    run_for(COOL_DOWN).await;
     assert!(
         valid(s.cache.fresh("sid", &s.session).await)
             .access_token
             .starts_with("at-")
     );
+    assert_eq!(s.fake.calls.load(Ordering::SeqCst), 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_idp_holds_expired_requests_one_timeout_and_sees_one_schedule_of_calls() {
+    // Each call hangs for the provider's 3 s timeout. The attack run saw
+    // three queued requests wait 10, 20 and 30 s and cause 9 calls.
+    let s = setup(
+        Fake::new(PROVIDER_TIMEOUT, Answer::Hang),
+        Duration::from_secs(1),
+    )
+    .await;
+    run_for(Duration::from_secs(2)).await; // expired
+    let start = Instant::now();
+    let request = |delay: Duration| {
+        let cache = s.cache.clone();
+        let session = s.session.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let asked = Instant::now();
+            let fresh = cache.fresh("sid", &session).await;
+            (
+                matches!(fresh, Fresh::Unavailable(_)),
+                Instant::now() - asked,
+            )
+        })
+    };
+    // Three at once, then two while the flight is still in the air.
+    let tasks: Vec<_> = [0, 0, 0, 4, 8]
+        .map(|s| request(Duration::from_secs(s)))
+        .into_iter()
+        .collect();
+    for t in tasks {
+        let (unavailable, waited) = t.await.unwrap();
+        assert!(unavailable);
+        assert!(waited <= PROVIDER_TIMEOUT, "waited {waited:?}");
+    }
+    // The flight: 0-3 s, 3.2-6.2 s, 7-10 s; then the cool-down.
+    run_for(Duration::from_secs(10) - (Instant::now() - start)).await;
+    assert_eq!(s.fake.calls.load(Ordering::SeqCst), 3);
+    let asked = Instant::now();
+    assert!(matches!(
+        s.cache.fresh("sid", &s.session).await,
+        Fresh::Unavailable(_)
+    ));
+    assert_eq!(Instant::now(), asked, "503 at once during the cool-down");
+    run_for(Duration::from_secs(1)).await;
+    assert_eq!(s.fake.calls.load(Ordering::SeqCst), 3);
+    let text = String::from_utf8(s.metrics.render()).unwrap();
+    assert!(text.contains(r#"emp_sidecar_token_refreshes_total{result="failed"} 1"#));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_request_shares_a_background_refresh_already_in_the_air() {
+    // The background refresh starts at 5 s and takes 2 s; the token expires
+    // at 6 s: a request then waits for that flight, not a second one.
+    let s = setup(
+        Fake::new(Duration::from_secs(2), Answer::Ok),
+        Duration::from_secs(6),
+    )
+    .await;
+    run_for(Duration::from_secs(5)).await;
+    assert_eq!(
+        valid(s.cache.fresh("sid", &s.session).await).access_token,
+        "at-0"
+    );
+    run_for(Duration::from_millis(1500)).await;
+    let t = valid(s.cache.fresh("sid", &s.session).await);
+    assert_eq!(t.access_token, "at-1");
+    assert_eq!(s.fake.calls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]
