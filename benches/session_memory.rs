@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use emp_sidecar::provider::TokenSet;
 use emp_sidecar::session::memory::MemoryStore;
-use emp_sidecar::session::{Identity, Session, SessionStore, Tokens, random_token};
+use emp_sidecar::session::{Identity, Session, SessionKey, SessionStore, Tokens, random_token};
 use http::{HeaderName, HeaderValue};
 
 const SESSIONS: usize = 100_000;
@@ -64,10 +64,10 @@ fn main() {
             Duration::from_secs(43_200),
         );
         // Warm the allocator and moka's internals with one session.
-        store.insert(random_token(), Arc::new(session(0))).await;
+        store.insert(&SessionKey::generate(), Arc::new(session(0))).await.unwrap();
         let before = rss_bytes();
         for n in 0..SESSIONS {
-            store.insert(random_token(), Arc::new(session(n))).await;
+            store.insert(&SessionKey::generate(), Arc::new(session(n))).await.unwrap();
         }
         let count = store.count();
         let after = rss_bytes();

@@ -3,11 +3,13 @@
 //! [`Auth::decide`] finds the session for a request (signed cookie → store →
 //! a fresh token); the proxy, `/oauth2/auth` and `/oauth2/userinfo` all use
 //! it and differ only in how they answer. The flow: `/oauth2/start` (or a
-//! browser hitting a protected page) creates a random `state`, remembers the
-//! return URL under it server-side for ten minutes, binds it to this browser
-//! with a signed login cookie and redirects to the IdP; the callback checks
-//! the cookie against `state`, consumes the state (single use), exchanges
-//! the code, fetches the claims, and creates the session.
+//! browser hitting a protected page) creates a random `state`, nonce and
+//! PKCE verifier, seals them with the return URL into a login cookie named
+//! after that state (no server memory: any replica can finish the login,
+//! several tabs can log in at once) and redirects to the IdP; the callback
+//! opens the cookie of its `state`, consumes the state in the session store
+//! (single use across replicas), exchanges the code, fetches the claims, and
+//! creates the session.
 
 pub mod page;
 pub mod redirect;
@@ -24,8 +26,8 @@ use crate::config::Config;
 use crate::metrics::{LoginResult, Metrics};
 use crate::provider::{Callback, IdpError, LoginRequest, Provider};
 use crate::proxy::headers::X_FORWARDED_ACCESS_TOKEN;
-use crate::session::cookie::{Cookies, LOGIN_COOKIE_TTL};
-use crate::session::{Identity, Session, SessionStore, Tokens, random_token};
+use crate::session::cookie::{Cookies, LOGIN_COOKIE_TTL, MAX_LOGIN_COOKIES};
+use crate::session::{Identity, Session, SessionKey, SessionStore, StoreError, Tokens};
 use crate::token_cache::{Fresh, TokenCache};
 use page::ErrorPage;
 
@@ -43,16 +45,8 @@ pub enum Decision {
     NeedsLogin,
     /// The session's token expired and the IdP cannot refresh it now.
     IdpUnavailable(Arc<IdpError>),
-}
-
-/// A login between redirect and callback: where to return, and the
-/// secrets that bind the IdP's answer to this login (never sent to the
-/// browser: the nonce travels to the IdP and back inside the id_token, the
-/// PKCE verifier only to the token endpoint).
-struct PendingLogin {
-    return_to: String,
-    nonce: String,
-    code_verifier: String,
+    /// The session store cannot be reached now.
+    StoreUnavailable(StoreError),
 }
 
 pub struct Auth {
@@ -60,7 +54,6 @@ pub struct Auth {
     store: Arc<dyn SessionStore>,
     tokens: Arc<TokenCache>,
     cookies: Cookies,
-    pending: moka::sync::Cache<String, Arc<PendingLogin>>,
     metrics: Arc<Metrics>,
     allowed_domains: Vec<String>,
     user_claim: String,
@@ -138,10 +131,6 @@ impl Auth {
                 config.session.cookie_secure,
                 config.session.lifetime,
             ),
-            pending: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(LOGIN_COOKIE_TTL)
-                .build(),
             metrics,
             allowed_domains: config.routes.allowed_redirect_domains.clone(),
             user_claim: config.headers.user_claim.clone(),
@@ -154,13 +143,15 @@ impl Auth {
 
     /// The one authentication decision.
     pub async fn decide(&self, headers: &HeaderMap) -> Decision {
-        let Some(id) = self.cookies.session_id(headers) else {
+        let Some(key) = self.cookies.session_key(headers) else {
             return Decision::NeedsLogin;
         };
-        let Some(session) = self.store.get(&id).await else {
-            return Decision::NeedsLogin;
+        let session = match self.store.get(&key).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return Decision::NeedsLogin,
+            Err(e) => return Decision::StoreUnavailable(e),
         };
-        match self.tokens.fresh(&id, &session).await {
+        match self.tokens.fresh(&key, &session).await {
             Fresh::Valid(tokens) => Decision::Authenticated { session, tokens },
             Fresh::Ended => Decision::NeedsLogin,
             Fresh::Unavailable(e) => Decision::IdpUnavailable(e),
@@ -217,7 +208,12 @@ impl Auth {
 
     /// Sends the browser to the IdP; afterwards it returns to `rd` (or `/`
     /// when `rd` is not a safe place to return to).
-    pub async fn start(&self, rd: Option<&str>, request_id: &str) -> Response<Body> {
+    pub async fn start(
+        &self,
+        headers: &HeaderMap,
+        rd: Option<&str>,
+        request_id: &str,
+    ) -> Response<Body> {
         let return_to = rd
             .and_then(|rd| redirect::safe_return(rd, &self.allowed_domains))
             .unwrap_or_else(|| "/".to_string());
@@ -239,17 +235,25 @@ impl Auth {
                 .render();
             }
         };
-        self.pending.insert(
-            login.state.clone(),
-            Arc::new(PendingLogin {
-                return_to,
-                nonce: login.nonce,
-                code_verifier: login.code_verifier,
-            }),
-        );
+        let pending = Cookies::new_login(login.state, login.nonce, login.code_verifier, return_to);
+        let Some(cookie) = self.cookies.set_login(&pending) else {
+            tracing::error!(request_id, "cannot seal a login cookie");
+            return ErrorPage {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                title: "Sign-in unavailable",
+                explanation: "The sign-in could not be started.",
+                idp_code: None,
+                idp_message: None,
+                request_id,
+            }
+            .render();
+        };
         let mut resp = redirect(url.as_str());
-        resp.headers_mut()
-            .append(header::SET_COOKIE, self.cookies.set_login(&login.state));
+        // Room for this login: the oldest logins in progress go first.
+        for drop in self.cookies.prune_logins(headers, MAX_LOGIN_COOKIES - 1) {
+            resp.headers_mut().append(header::SET_COOKIE, drop);
+        }
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
         resp
     }
 
@@ -260,10 +264,15 @@ impl Auth {
         headers: &HeaderMap,
         request_id: &str,
     ) -> Response<Body> {
-        let mut resp = self.finish_login(uri, headers, request_id).await;
+        let state = query_param(uri, "state").filter(|s| !s.is_empty());
+        let mut resp = self
+            .finish_login(uri, headers, state.as_deref(), request_id)
+            .await;
         // The login cookie is single use, whatever the outcome.
-        resp.headers_mut()
-            .append(header::SET_COOKIE, self.cookies.clear_login());
+        if let Some(state) = &state {
+            resp.headers_mut()
+                .append(header::SET_COOKIE, self.cookies.clear_login(state));
+        }
         resp
     }
 
@@ -271,6 +280,7 @@ impl Auth {
         &self,
         uri: &Uri,
         headers: &HeaderMap,
+        state: Option<&str>,
         request_id: &str,
     ) -> Response<Body> {
         let page = |status, title, explanation, code: Option<&str>, message: Option<&str>| {
@@ -284,14 +294,26 @@ impl Auth {
             }
             .render()
         };
-        // 1. The state must be the one this browser was sent away with, and unused.
-        let state = query_param(uri, "state");
-        let bound = self.cookies.login_state(headers);
-        let pending = match (&state, &bound) {
-            (Some(s), Some(b)) if s == b => self.pending.remove(s),
-            _ => None,
+        // 1. The state must be one this browser was sent away with (its
+        // sealed login cookie), and unused on every replica.
+        let pending = state.and_then(|s| self.cookies.login(headers, s));
+        let first_use = match &pending {
+            Some(p) => match self.store.consume_state(&p.state, LOGIN_COOKIE_TTL).await {
+                Ok(first) => first,
+                Err(e) => {
+                    tracing::warn!(request_id, error = %e, "cannot record a login's state");
+                    return page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Sign-in unavailable",
+                        "The sign-in cannot be completed right now. Please try again in a moment.",
+                        None,
+                        None,
+                    );
+                }
+            },
+            None => false,
         };
-        let Some(pending) = pending else {
+        let Some(pending) = pending.filter(|_| first_use) else {
             self.metrics.login(LoginResult::InvalidState);
             tracing::warn!(
                 request_id,
@@ -350,22 +372,28 @@ impl Auth {
             );
         };
         // 4. A new session (a new id: no fixation), replacing any previous one.
-        if let Some(old) = self.cookies.session_id(headers) {
-            self.store.remove(&old).await;
+        if let Some(old) = self.cookies.session_key(headers) {
+            // A failure here leaves the old session to expire on its own.
+            let _ = self.store.remove(&old).await;
         }
         let identity = self.identity(&claims);
-        let id = random_token();
-        self.store
-            .insert(
-                id.clone(),
-                Arc::new(Session::new(tokens, &claims, identity)),
-            )
-            .await;
+        let key = SessionKey::generate();
+        let session = Arc::new(Session::new(tokens, &claims, identity));
+        if let Err(e) = self.store.insert(&key, session).await {
+            tracing::warn!(request_id, error = %e, "cannot store the new session");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in unavailable",
+                "The sign-in cannot be completed right now. Please try again in a moment.",
+                None,
+                None,
+            );
+        }
         self.metrics.login(LoginResult::Success);
         tracing::info!(request_id, "login succeeded");
         let mut resp = redirect(&pending.return_to);
         resp.headers_mut()
-            .append(header::SET_COOKIE, self.cookies.set_session(&id));
+            .append(header::SET_COOKIE, self.cookies.set_session(&key));
         resp
     }
 
@@ -407,8 +435,11 @@ impl Auth {
     /// Ends the session on the server and clears the cookies, then returns
     /// the browser to `rd` (when safe) or `/`.
     pub async fn sign_out(&self, headers: &HeaderMap, rd: Option<&str>) -> Response<Body> {
-        if let Some(id) = self.cookies.session_id(headers) {
-            self.store.remove(&id).await;
+        if let Some(key) = self.cookies.session_key(headers)
+            && let Err(e) = self.store.remove(&key).await
+        {
+            // The cookie goes anyway; the record expires on its own.
+            tracing::warn!(error = %e, "cannot end the session in the store");
         }
         let target = rd
             .and_then(|rd| redirect::safe_return(rd, &self.allowed_domains))
@@ -416,8 +447,9 @@ impl Auth {
         let mut resp = redirect(&target);
         resp.headers_mut()
             .append(header::SET_COOKIE, self.cookies.clear_session());
-        resp.headers_mut()
-            .append(header::SET_COOKIE, self.cookies.clear_login());
+        for drop in self.cookies.prune_logins(headers, 0) {
+            resp.headers_mut().append(header::SET_COOKIE, drop);
+        }
         resp
     }
 

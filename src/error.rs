@@ -35,6 +35,10 @@ pub enum ProxyError {
     // The identity provider's fault.
     #[error("the session's token expired and the identity provider cannot refresh it now")]
     IdpUnavailable(#[source] std::sync::Arc<crate::provider::IdpError>),
+
+    // The sidecar's own backing service.
+    #[error("the session store is unavailable; please try again in a moment")]
+    StoreUnavailable(#[source] crate::session::StoreError),
 }
 
 impl ProxyError {
@@ -50,7 +54,9 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamResponseTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::IdpUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::IdpUnavailable(_) | ProxyError::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -62,7 +68,8 @@ impl ProxyError {
             | ProxyError::ClientBody(_)
             | ProxyError::ClientBodyTimeout
             | ProxyError::Unauthenticated
-            | ProxyError::IdpUnavailable(_) => None,
+            | ProxyError::IdpUnavailable(_)
+            | ProxyError::StoreUnavailable(_) => None,
             ProxyError::UpstreamConnect(_) => Some(UpstreamErrorKind::Connect),
             ProxyError::UpstreamConnectTimeout => Some(UpstreamErrorKind::ConnectTimeout),
             ProxyError::UpstreamResponseTimeout => Some(UpstreamErrorKind::ResponseTimeout),
@@ -82,7 +89,8 @@ impl ProxyError {
             | ProxyError::UpstreamConnectTimeout
             | ProxyError::UpstreamResponseTimeout
             | ProxyError::UpstreamProtocol(_)
-            | ProxyError::IdpUnavailable(_) => None,
+            | ProxyError::IdpUnavailable(_)
+            | ProxyError::StoreUnavailable(_) => None,
         }
     }
 
@@ -98,6 +106,7 @@ impl ProxyError {
                 "gateway_timeout"
             }
             ProxyError::IdpUnavailable(_) => "identity_provider_unavailable",
+            ProxyError::StoreUnavailable(_) => "session_store_unavailable",
         }
     }
 

@@ -69,6 +69,8 @@ struct State {
     access_tokens: HashMap<String, (String, Instant)>,
     queued_errors: VecDeque<(u16, String)>,
     refresh_delay: Duration,
+    /// Replaces `options.token_lifetime` for tokens issued from now on.
+    token_lifetime: Option<Duration>,
     down: bool,
     refreshes: usize,
     requests: Vec<Recorded>,
@@ -143,6 +145,11 @@ impl MockEmp {
             .state()
             .queued_errors
             .push_back((status, body.to_string()));
+    }
+
+    /// Tokens issued from now on live `lifetime`.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.shared.state().token_lifetime = Some(lifetime);
     }
 
     /// Refresh answers take this long.
@@ -370,16 +377,13 @@ async fn token(shared: &Shared, q: &[(String, String)], body: &str) -> Resp {
     }
 }
 
-fn issue_access_token(shared: &Shared, st: &mut State, user: &str) -> String {
+/// A new access token for `user` and its lifetime.
+fn issue_access_token(shared: &Shared, st: &mut State, user: &str) -> (String, Duration) {
     let at = format!("emp-at-{}", random_token());
-    st.access_tokens.insert(
-        at.clone(),
-        (
-            user.to_string(),
-            Instant::now() + shared.options.token_lifetime,
-        ),
-    );
-    at
+    let lifetime = st.token_lifetime.unwrap_or(shared.options.token_lifetime);
+    st.access_tokens
+        .insert(at.clone(), (user.to_string(), Instant::now() + lifetime));
+    (at, lifetime)
 }
 
 fn code_grant(shared: &Shared, q: &[(String, String)]) -> Resp {
@@ -417,14 +421,14 @@ fn code_grant(shared: &Shared, q: &[(String, String)]) -> Resp {
         }
         _ => {}
     }
-    let at = issue_access_token(shared, &mut st, &user);
+    let (at, lifetime) = issue_access_token(shared, &mut st, &user);
     let rt = format!("emp-rt-{}", random_token());
     st.refresh_tokens.insert(rt.clone(), user);
     json_resp(
         StatusCode::OK,
         json!({
             "access_token": at,
-            "expires_in": shared.options.token_lifetime.as_secs().to_string(),
+            "expires_in": lifetime.as_secs().to_string(),
             "refresh_token": rt,
             "oauth2_backend_url": backend,
         }),
@@ -447,13 +451,13 @@ async fn refresh_grant(shared: &Shared, q: &[(String, String)]) -> Resp {
         );
     };
     st.refreshes += 1;
-    let at = issue_access_token(shared, &mut st, &user);
+    let (at, lifetime) = issue_access_token(shared, &mut st, &user);
     // As documented: no refresh_token in a refresh answer.
     json_resp(
         StatusCode::OK,
         json!({
             "access_token": at,
-            "expires_in": shared.options.token_lifetime.as_secs().to_string(),
+            "expires_in": lifetime.as_secs().to_string(),
         }),
     )
 }

@@ -286,7 +286,8 @@ impl App {
             Route::Start => {
                 let rd = auth::start_return_to(req.uri(), req.headers());
                 let rid = request_id.to_str().unwrap_or_default();
-                Ok((Box::pin(self.auth.start(rd.as_deref(), rid)).await, None))
+                let start = self.auth.start(req.headers(), rd.as_deref(), rid);
+                Ok((Box::pin(start).await, None))
             }
             Route::Callback => {
                 let rid = request_id.to_str().unwrap_or_default();
@@ -314,6 +315,9 @@ impl App {
                 Decision::NeedsLogin | Decision::IdpUnavailable(_) => {
                     Err(ProxyError::Unauthenticated)
                 }
+                // Not "signed out" (that would send users round a login that
+                // cannot finish either): an error, which nginx shows as 500.
+                Decision::StoreUnavailable(e) => Err(ProxyError::StoreUnavailable(e)),
             },
             Route::Protected => match self.auth.decide(req.headers()).await {
                 Decision::Authenticated { session, tokens } => {
@@ -325,10 +329,12 @@ impl App {
                 {
                     let here = req.uri().path_and_query().map_or("/", |p| p.as_str());
                     let rid = request_id.to_str().unwrap_or_default();
-                    Ok((Box::pin(self.auth.start(Some(here), rid)).await, None))
+                    let start = self.auth.start(req.headers(), Some(here), rid);
+                    Ok((Box::pin(start).await, None))
                 }
                 Decision::NeedsLogin => Err(ProxyError::Unauthenticated),
                 Decision::IdpUnavailable(e) => Err(ProxyError::IdpUnavailable(e)),
+                Decision::StoreUnavailable(e) => Err(ProxyError::StoreUnavailable(e)),
             },
             Route::Public => self.proxy(conn, req, request_id).await,
         }

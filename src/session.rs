@@ -4,6 +4,9 @@
 
 pub mod cookie;
 pub mod memory;
+pub mod seal;
+
+pub use cookie::SessionKey;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -183,11 +186,47 @@ impl Session {
     }
 }
 
-/// Where sessions live. Ids are the opaque random values in the cookie.
+/// The store could not answer: its backend is unreachable or too slow.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("the session store is unreachable: {0}")]
+    Unavailable(String),
+    #[error("the session store did not answer in time")]
+    Timeout,
+}
+
+/// Where sessions live, named by [`SessionKey::store_key`]. Every
+/// implementation passes the one suite in `session/tests.rs`.
 pub trait SessionStore: Send + Sync {
-    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Option<Arc<Session>>>;
-    fn insert(&self, id: String, session: Arc<Session>) -> BoxFuture<'_, ()>;
-    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()>;
+    fn get<'a>(
+        &'a self,
+        key: &'a SessionKey,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>>;
+    fn insert<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        session: Arc<Session>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn remove<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Records that the login of `state` has come back: `true` the first
+    /// time, `false` for a replay. Kept for `ttl` (the login's lifetime).
+    fn consume_state<'a>(
+        &'a self,
+        state: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Sessions held now (approximate), for `emp_sidecar_sessions_active`.
     fn count(&self) -> u64;
+    /// Whether the store can serve now (`/ready`).
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(std::future::ready(true))
+    }
 }
+
+/// What a consumed `state` is remembered by: its hash, so that no store
+/// holds a state that is still valid somewhere in readable form.
+pub fn state_digest(state: &str) -> String {
+    use sha2::Digest as _;
+    URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(state.as_bytes()))
+}
+

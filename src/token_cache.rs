@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::metrics::{Endpoint, Metrics, RefreshResult};
 use crate::provider::{IdpError, Provider};
-use crate::session::{Flight, Outcome, Session, SessionStore, Tokens};
+use crate::session::{Flight, Outcome, Session, SessionKey, SessionStore, Tokens};
 
 /// Attempts per refresh, and the pause before each retry.
 const RETRY_BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
@@ -75,7 +75,7 @@ impl TokenCache {
     }
 
     /// A valid token for session `id`, refreshing as described above.
-    pub async fn fresh(self: &Arc<Self>, id: &str, session: &Arc<Session>) -> Fresh {
+    pub async fn fresh(self: &Arc<Self>, key: &SessionKey, session: &Arc<Session>) -> Fresh {
         let tokens = session.tokens();
         let now = Instant::now();
         if now < tokens.refresh_at {
@@ -83,7 +83,7 @@ impl TokenCache {
         }
         if now < tokens.expires_at {
             if session.refresh.cooling(now).is_none() {
-                self.flight(id, session);
+                self.flight(key, session);
             }
             return Fresh::Valid(tokens);
         }
@@ -93,7 +93,7 @@ impl TokenCache {
             Some(flight) => flight,
             None => match session.refresh.cooling(now) {
                 Some(e) => return Fresh::Unavailable(e),
-                None => self.flight(id, session),
+                None => self.flight(key, session),
             },
         };
         match tokio::time::timeout(self.wait, landed(flight)).await {
@@ -116,7 +116,7 @@ impl TokenCache {
     }
 
     /// The session's refresh flight: the one in the air, or a new one.
-    fn flight(self: &Arc<Self>, id: &str, session: &Arc<Session>) -> Flight {
+    fn flight(self: &Arc<Self>, key: &SessionKey, session: &Arc<Session>) -> Flight {
         let Some(tx) = session.refresh.take_off() else {
             return session.refresh.current().unwrap_or_else(|| {
                 // Landed between the two looks: its outcome is in the session.
@@ -126,7 +126,7 @@ impl TokenCache {
         let flight = tx.subscribe();
         let cache = self.clone();
         let session = session.clone();
-        let id = id.to_string();
+        let key = key.clone();
         tokio::spawn(async move {
             let current = session.tokens();
             let outcome = match cache.refresh(&session, &current).await {
@@ -141,7 +141,9 @@ impl TokenCache {
                     Outcome::Failed(e)
                 }
                 Err(_) => {
-                    cache.store.remove(&id).await;
+                    // A store that cannot be reached now lets the record
+                    // expire on its own; this process forgets it at once.
+                    let _ = cache.store.remove(&key).await;
                     Outcome::Ended
                 }
             };

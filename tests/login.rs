@@ -38,6 +38,15 @@ async fn logged_in(w: &World) -> Browser {
     b
 }
 
+/// The login cookies (`_emp_sidecar_csrf_*`) the browser holds.
+fn login_cookies(b: &Browser) -> Vec<(String, String)> {
+    b.cookies
+        .iter()
+        .filter(|(k, _)| k.starts_with("_emp_sidecar_csrf_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 async fn metrics(w: &World) -> String {
     support::get_text(&w.sc.url("/metrics")).await
 }
@@ -69,7 +78,7 @@ async fn full_login_speaks_emps_wire_format_and_returns_to_the_original_url() {
     let state = q[3].1.clone();
     assert_eq!(state.len(), 43, "256-bit state, base64url");
     let login_cookie = b.set_cookies.last().unwrap().clone();
-    assert!(login_cookie.starts_with("_emp_sidecar_csrf="));
+    assert!(login_cookie.starts_with("_emp_sidecar_csrf_"));
     for flag in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=600"] {
         assert!(
             login_cookie.contains(flag),
@@ -101,7 +110,7 @@ async fn full_login_speaks_emps_wire_format_and_returns_to_the_original_url() {
         );
     }
     assert!(
-        !b.cookies.contains_key("_emp_sidecar_csrf"),
+        login_cookies(&b).is_empty(),
         "login cookie not cleared"
     );
 
@@ -310,6 +319,9 @@ async fn two_hundred_concurrent_requests_on_an_expired_session_cause_one_refresh
     assert!(!w.emp.access_token_valid(&token));
     let before = w.emp.refreshes();
     w.emp.set_refresh_delay(Duration::from_millis(300));
+    // The refreshed token lives long: a slow machine answering the 200
+    // requests must not reach that token's own refresh window.
+    w.emp.set_token_lifetime(Duration::from_secs(3600));
     let cookie = b.cookie_header();
     let url = w.sc.url("/app/echo");
     let mut tasks = Vec::new();
@@ -544,15 +556,17 @@ async fn state_mismatch_replay_and_missing_login_cookie_are_403() {
     let mut b = Browser::new();
     let authorize = b.open_login_page(&w.sc.url("/app")).await;
     let callback = b.submit_login(&authorize, "alice").await;
-    let login_cookie = b.cookies["_emp_sidecar_csrf"].clone();
+    let [(name, value)] = login_cookies(&b).try_into().unwrap();
     assert_eq!(b.get(&callback).await.status(), 302);
-    b.cookies
-        .insert("_emp_sidecar_csrf".into(), login_cookie.clone());
+    let token_calls = |w: &World| w.emp.requests().iter().filter(|r| r.path == "/token").count();
+    let calls = token_calls(&w);
+    b.cookies.insert(name, value);
     assert_eq!(
         b.get(&callback).await.status(),
         403,
         "replayed callback accepted"
     );
+    assert_eq!(token_calls(&w), calls, "a replay reached the token endpoint");
 
     // Another browser's callback (its state), with this browser's login cookie.
     let mut victim = Browser::new();
@@ -573,7 +587,7 @@ async fn state_mismatch_replay_and_missing_login_cookie_are_403() {
     let mut forger = Browser::new();
     forger
         .cookies
-        .insert("_emp_sidecar_csrf".into(), "forged.AAAA".into());
+        .insert("_emp_sidecar_csrf_AAAAAAAAAAAA".into(), "forged".into());
     assert_eq!(
         forger
             .get(&w.sc.url("/oauth2/callback?code=x&state=forged"))
@@ -586,6 +600,39 @@ async fn state_mismatch_replay_and_missing_login_cookie_are_403() {
         m.contains(r#"emp_sidecar_logins_total{result="invalid_state"} 4"#),
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn logins_in_several_tabs_at_once_all_succeed_and_at_most_five_are_kept() {
+    let w = world(Duration::from_secs(3600), |c| c).await;
+    let mut b = Browser::new();
+    // Three tabs start logging in before any comes back.
+    let mut authorizes = Vec::new();
+    for tab in ["/one", "/two", "/three"] {
+        authorizes.push((tab, b.open_login_page(&w.sc.url(tab)).await));
+    }
+    assert_eq!(login_cookies(&b).len(), 3);
+    // They come back in another order; each lands where it started.
+    for (tab, authorize) in authorizes.into_iter().rev() {
+        let callback = b.submit_login(&authorize, "alice").await;
+        assert_eq!(Browser::location(&b.get(&callback).await), tab);
+    }
+    assert!(login_cookies(&b).is_empty());
+    assert_eq!(b.api(&w.sc.url("/app/echo")).await.status(), 200);
+
+    // Seven logins started: the browser keeps the five newest.
+    let mut c = Browser::new();
+    let mut started = Vec::new();
+    for i in 0..7 {
+        started.push(c.open_login_page(&w.sc.url(&format!("/tab{i}"))).await);
+        // Issue times are milliseconds: keep the order unambiguous.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert_eq!(login_cookies(&c).len(), 5);
+    let callback = c.submit_login(&started[0], "alice").await;
+    assert_eq!(c.get(&callback).await.status(), 403, "the oldest was dropped");
+    let callback = c.submit_login(&started[6], "alice").await;
+    assert_eq!(Browser::location(&c.get(&callback).await), "/tab6");
 }
 
 #[tokio::test]

@@ -1,30 +1,147 @@
-//! The sidecar's cookies: the session cookie (`session.cookie_name`) and the
-//! login cookie (`<cookie_name>_csrf`) that binds `state` to this browser.
-//! Values are `<value>.<HMAC-SHA256(secret, "<name>=<value>")>`: the name is
-//! under the MAC, so one cookie's value cannot be replayed as another's. The
-//! first `session.cookie_secret` signs, every one verifies (rotation).
+//! The sidecar's cookies.
+//!
+//! - The session cookie (`session.cookie_name`) carries the session's id
+//!   and its own random secret, `<base64url(id | secret)>.<HMAC-SHA256(key,
+//!   "<name>=<value>")>`; the first `session.cookie_secret` signs, every one
+//!   verifies (rotation). The secret never leaves the browser and this
+//!   process: the stores know the session by a keyed hash of its id
+//!   ([`SessionKey::store_key`]) and keep its record encrypted under a key
+//!   derived from the secret ([`SessionKey::record_key`]), so whoever reads
+//!   a store, even with the configuration in hand, learns neither cookie
+//!   values nor tokens.
+//! - One login cookie per login in progress (`<cookie_name>_csrf_<tag of
+//!   state>`), holding that login's `state`, nonce, PKCE verifier, return
+//!   URL and issue time, sealed (AES-256-GCM under a key derived from the
+//!   cookie secret). A login in progress thus holds no server memory, and
+//!   several tabs can log in at once. A browser keeps at most
+//!   [`MAX_LOGIN_COOKIES`]: the oldest are dropped first, so the `Cookie`
+//!   header cannot grow into a `431`. The issue time is inside the sealed
+//!   value, since a cookie's `Max-Age` is not authenticated.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cookie::{Cookie, SameSite};
 use hmac::{Hmac, KeyInit, Mac};
 use http::header::{self, HeaderMap, HeaderValue};
-use sha2::Sha256;
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
+use super::seal::SealKey;
 use crate::config::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// How long a login may take from redirect to callback.
 pub const LOGIN_COOKIE_TTL: Duration = Duration::from_secs(600);
+/// Logins in progress a browser may hold at once (tabs).
+pub const MAX_LOGIN_COOKIES: usize = 5;
+/// The longest return URL a login cookie keeps (a longer one returns to `/`).
+pub const MAX_RETURN_URL: usize = 2048;
+
+const ID_LEN: usize = 16;
+const SECRET_LEN: usize = 32;
+
+/// A session's identity as its cookie carries it. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey {
+    id: [u8; ID_LEN],
+    secret: [u8; SECRET_LEN],
+    store_key: Box<str>,
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+impl SessionKey {
+    /// A new session: a random id and a random secret.
+    pub fn generate() -> SessionKey {
+        let mut id = [0u8; ID_LEN];
+        let mut secret = [0u8; SECRET_LEN];
+        rand::rng().fill_bytes(&mut id);
+        rand::rng().fill_bytes(&mut secret);
+        SessionKey::from_parts(id, secret)
+    }
+
+    fn from_parts(id: [u8; ID_LEN], secret: [u8; SECRET_LEN]) -> SessionKey {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret);
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&key);
+        ctx.update(b"emp-sidecar store key v1");
+        ctx.update(&id);
+        let store_key = URL_SAFE_NO_PAD.encode(ctx.sign()).into_boxed_str();
+        SessionKey {
+            id,
+            secret,
+            store_key,
+        }
+    }
+
+    /// The name of the session in every store and cache: HMAC-SHA256 of
+    /// the id under the session's secret. It reveals neither, and without
+    /// the cookie it cannot be computed.
+    pub fn store_key(&self) -> &str {
+        &self.store_key
+    }
+
+    /// The key the session's record is sealed under.
+    pub fn record_key(&self) -> Option<SealKey> {
+        let mut purpose = b"session record v1 ".to_vec();
+        purpose.extend_from_slice(&self.id);
+        SealKey::derive(&self.secret, &purpose)
+    }
+
+    fn encode(&self) -> String {
+        let mut raw = [0u8; ID_LEN + SECRET_LEN];
+        raw[..ID_LEN].copy_from_slice(&self.id);
+        raw[ID_LEN..].copy_from_slice(&self.secret);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    fn decode(text: &str) -> Option<SessionKey> {
+        let raw = URL_SAFE_NO_PAD.decode(text).ok()?;
+        if raw.len() != ID_LEN + SECRET_LEN {
+            return None;
+        }
+        let (id, secret) = raw.split_at(ID_LEN);
+        Some(SessionKey::from_parts(id.try_into().ok()?, secret.try_into().ok()?))
+    }
+}
+
+/// A login between redirect and callback, as its cookie holds it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PendingLogin {
+    #[serde(rename = "s")]
+    pub state: String,
+    #[serde(rename = "n")]
+    pub nonce: String,
+    #[serde(rename = "v")]
+    pub code_verifier: String,
+    #[serde(rename = "r")]
+    pub return_to: String,
+    /// Unix milliseconds when the login started.
+    #[serde(rename = "t")]
+    pub issued_at: u64,
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 pub struct Cookies {
     /// One HMAC per secret, keyed once; cloned for each use.
     keys: Vec<HmacSha256>,
+    /// One login-cookie key per secret: the first seals, all open.
+    login_keys: Vec<SealKey>,
     pub session_name: String,
-    pub login_name: String,
+    /// `<cookie_name>_csrf_`: every login cookie's name starts so.
+    login_prefix: String,
     secure: bool,
     session_max_age: Duration,
 }
@@ -35,10 +152,15 @@ impl Cookies {
             .iter()
             .filter_map(|s| <HmacSha256 as KeyInit>::new_from_slice(s.expose()).ok())
             .collect();
+        let login_keys = secrets
+            .iter()
+            .filter_map(|s| SealKey::derive(s.expose(), b"login cookie v1"))
+            .collect();
         Self {
             keys,
+            login_keys,
             session_name: name.to_string(),
-            login_name: format!("{name}_csrf"),
+            login_prefix: format!("{name}_csrf_"),
             secure,
             session_max_age: lifetime,
         }
@@ -61,39 +183,42 @@ impl Cookies {
         format!("{value}.{tag}")
     }
 
+    /// Every cookie of the request, parsed.
+    fn all<'h>(headers: &'h HeaderMap) -> impl Iterator<Item = Cookie<'h>> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .flat_map(|text| Cookie::split_parse(text).flatten())
+    }
+
     /// The verified value of cookie `name`, if the request carries one that
     /// any configured secret signed.
     fn read(&self, headers: &HeaderMap, name: &str) -> Option<String> {
-        for h in headers.get_all(header::COOKIE) {
-            let Ok(text) = h.to_str() else { continue };
-            for c in Cookie::split_parse(text).flatten() {
-                if c.name() != name {
-                    continue;
-                }
-                let Some((value, tag)) = c.value().rsplit_once('.') else {
-                    continue;
-                };
-                let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else {
-                    continue;
-                };
-                let valid = self
-                    .keys
-                    .iter()
-                    .any(|k| Self::mac(k, name, value).verify_slice(&tag).is_ok());
-                if valid {
-                    return Some(value.to_string());
-                }
+        for c in Self::all(headers) {
+            if c.name() != name {
+                continue;
+            }
+            let Some((value, tag)) = c.value().rsplit_once('.') else {
+                continue;
+            };
+            let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else {
+                continue;
+            };
+            let valid = self
+                .keys
+                .iter()
+                .any(|k| Self::mac(k, name, value).verify_slice(&tag).is_ok());
+            if valid {
+                return Some(value.to_string());
             }
         }
         None
     }
 
-    pub fn session_id(&self, headers: &HeaderMap) -> Option<String> {
-        self.read(headers, &self.session_name)
-    }
-
-    pub fn login_state(&self, headers: &HeaderMap) -> Option<String> {
-        self.read(headers, &self.login_name)
+    /// The session the request's cookie names, if it carries a valid one.
+    pub fn session_key(&self, headers: &HeaderMap) -> Option<SessionKey> {
+        SessionKey::decode(&self.read(headers, &self.session_name)?)
     }
 
     fn set(&self, name: &str, value: String, max_age: Duration) -> HeaderValue {
@@ -108,19 +233,11 @@ impl Cookies {
         HeaderValue::try_from(c.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    pub fn set_session(&self, id: &str) -> HeaderValue {
+    pub fn set_session(&self, key: &SessionKey) -> HeaderValue {
         self.set(
             &self.session_name,
-            self.sign(&self.session_name, id),
+            self.sign(&self.session_name, &key.encode()),
             self.session_max_age,
-        )
-    }
-
-    pub fn set_login(&self, state: &str) -> HeaderValue {
-        self.set(
-            &self.login_name,
-            self.sign(&self.login_name, state),
-            LOGIN_COOKIE_TTL,
         )
     }
 
@@ -128,96 +245,92 @@ impl Cookies {
         self.set(&self.session_name, String::new(), Duration::ZERO)
     }
 
-    pub fn clear_login(&self) -> HeaderValue {
-        self.set(&self.login_name, String::new(), Duration::ZERO)
+    /// The login cookie of `state`: its name ends in a tag of the state,
+    /// so each login in progress has its own.
+    fn login_name(&self, state: &str) -> String {
+        let tag = URL_SAFE_NO_PAD.encode(&Sha256::digest(state.as_bytes())[..9]);
+        format!("{}{tag}", self.login_prefix)
+    }
+
+    /// The `Set-Cookie` for a login starting now.
+    pub fn set_login(&self, login: &PendingLogin) -> Option<HeaderValue> {
+        let name = self.login_name(&login.state);
+        let plain = serde_json::to_vec(login).ok()?;
+        let sealed = self.login_keys.first()?.seal(name.as_bytes(), &plain)?;
+        Some(self.set(&name, URL_SAFE_NO_PAD.encode(sealed), LOGIN_COOKIE_TTL))
+    }
+
+    fn open_login(&self, name: &str, value: &str) -> Option<PendingLogin> {
+        let sealed = URL_SAFE_NO_PAD.decode(value).ok()?;
+        let plain = self
+            .login_keys
+            .iter()
+            .find_map(|k| k.open(name.as_bytes(), &sealed))?;
+        let login: PendingLogin = serde_json::from_slice(&plain).ok()?;
+        let age = unix_now_ms().saturating_sub(login.issued_at);
+        (age <= LOGIN_COOKIE_TTL.as_millis() as u64).then_some(login)
+    }
+
+    /// The login of `state`, if this browser holds its cookie, sealed by
+    /// us, for that state, and not older than [`LOGIN_COOKIE_TTL`].
+    pub fn login(&self, headers: &HeaderMap, state: &str) -> Option<PendingLogin> {
+        let name = self.login_name(state);
+        Self::all(headers)
+            .filter(|c| c.name() == name)
+            .find_map(|c| self.open_login(&name, c.value()))
+            .filter(|login| login.state == state)
+    }
+
+    /// Clears the login cookie of `state`.
+    pub fn clear_login(&self, state: &str) -> HeaderValue {
+        self.set(&self.login_name(state), String::new(), Duration::ZERO)
+    }
+
+    /// `Set-Cookie`s that drop this browser's login cookies which are
+    /// expired, unreadable, or the oldest beyond `keep`.
+    pub fn prune_logins(&self, headers: &HeaderMap, keep: usize) -> Vec<HeaderValue> {
+        let mut live: Vec<(u64, String)> = Vec::new();
+        let mut drop: Vec<String> = Vec::new();
+        for c in Self::all(headers) {
+            if !c.name().starts_with(&self.login_prefix) {
+                continue;
+            }
+            match self.open_login(c.name(), c.value()) {
+                Some(login) => live.push((login.issued_at, c.name().to_string())),
+                None => drop.push(c.name().to_string()),
+            }
+        }
+        live.sort();
+        let excess = live.len().saturating_sub(keep);
+        drop.extend(live.into_iter().take(excess).map(|(_, name)| name));
+        drop.sort();
+        drop.dedup();
+        drop.iter()
+            .map(|name| self.set(name, String::new(), Duration::ZERO))
+            .collect()
+    }
+
+    /// A login starting now.
+    pub fn new_login(
+        state: String,
+        nonce: String,
+        code_verifier: String,
+        return_to: String,
+    ) -> PendingLogin {
+        let return_to = if return_to.len() <= MAX_RETURN_URL {
+            return_to
+        } else {
+            "/".to_string()
+        };
+        PendingLogin {
+            state,
+            nonce,
+            code_verifier,
+            return_to,
+            issued_at: unix_now_ms(),
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cookies(secrets: &[&[u8]]) -> Cookies {
-        Cookies::new(
-            secrets.iter().map(|s| Secret::new(s.to_vec())).collect(),
-            "_emp",
-            true,
-            Duration::from_secs(3600),
-        )
-    }
-
-    fn request_with(set_cookie: &HeaderValue) -> HeaderMap {
-        let pair = set_cookie
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::try_from(format!("other=1; {pair}")).unwrap(),
-        );
-        h
-    }
-
-    #[test]
-    fn signed_session_cookie_round_trips_with_the_right_flags() {
-        let c = cookies(&[&[7u8; 32]]);
-        let set = c.set_session("abc123");
-        let text = set.to_str().unwrap();
-        for flag in [
-            "HttpOnly",
-            "SameSite=Lax",
-            "Path=/",
-            "Secure",
-            "Max-Age=3600",
-        ] {
-            assert!(text.contains(flag), "{flag} missing from {text}");
-        }
-        assert_eq!(c.session_id(&request_with(&set)).as_deref(), Some("abc123"));
-    }
-
-    #[test]
-    fn tampered_foreign_and_swapped_cookies_are_refused() {
-        let c = cookies(&[&[7u8; 32]]);
-        let set = c.set_session("abc123");
-        let tampered =
-            HeaderValue::try_from(set.to_str().unwrap().replace("abc123", "abc124")).unwrap();
-        assert_eq!(c.session_id(&request_with(&tampered)), None);
-        let foreign = cookies(&[&[9u8; 32]]).set_session("abc123");
-        assert_eq!(c.session_id(&request_with(&foreign)), None);
-        // A login cookie's value is not a session id, even with a valid MAC.
-        let login = c.set_login("abc123");
-        let swapped =
-            HeaderValue::try_from(login.to_str().unwrap().replacen("_emp_csrf", "_emp", 1))
-                .unwrap();
-        assert_eq!(c.session_id(&request_with(&swapped)), None);
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("_emp=no-dot-here; _emp=x.%%%"),
-        );
-        assert_eq!(c.session_id(&h), None);
-    }
-
-    #[test]
-    fn rotation_first_secret_signs_all_verify() {
-        let old = cookies(&[&[1u8; 32]]);
-        let rotated = cookies(&[&[2u8; 32], &[1u8; 32]]);
-        let from_old = old.set_session("s1");
-        assert_eq!(
-            rotated.session_id(&request_with(&from_old)).as_deref(),
-            Some("s1")
-        );
-        let from_new = rotated.set_session("s2");
-        assert_eq!(old.session_id(&request_with(&from_new)), None);
-        assert_eq!(
-            cookies(&[&[2u8; 32]])
-                .session_id(&request_with(&from_new))
-                .as_deref(),
-            Some("s2")
-        );
-    }
-}
+mod tests;

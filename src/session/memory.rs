@@ -1,17 +1,23 @@
 //! The in-memory session store on moka: bounded (`session.max_sessions`,
 //! least recently used out first), each session ending `session.lifetime`
-//! after login or `session.idle_timeout` after its last use.
+//! after login or `session.idle_timeout` after its last use. Consumed login
+//! states are kept in a second bounded cache for the login's lifetime.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
 
-use super::{Session, SessionStore};
+use super::cookie::LOGIN_COOKIE_TTL;
+use super::{Session, SessionKey, SessionStore, StoreError, state_digest};
 use crate::provider::BoxFuture;
 
+/// Consumed states remembered at most (a login's lifetime each).
+const MAX_CONSUMED_STATES: u64 = 100_000;
+
 pub struct MemoryStore {
-    cache: Cache<String, Arc<Session>>,
+    cache: Cache<Box<str>, Arc<Session>>,
+    consumed: Cache<String, ()>,
 }
 
 impl MemoryStore {
@@ -22,24 +28,47 @@ impl MemoryStore {
                 .time_to_live(lifetime)
                 .time_to_idle(idle_timeout.min(lifetime))
                 .build(),
+            consumed: Cache::builder()
+                .max_capacity(MAX_CONSUMED_STATES)
+                .time_to_live(LOGIN_COOKIE_TTL)
+                .build(),
         }
     }
 }
 
+fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, Result<T, StoreError>> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
 impl SessionStore for MemoryStore {
-    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Option<Arc<Session>>> {
-        let found = self.cache.get(id);
-        Box::pin(std::future::ready(found))
+    fn get<'a>(
+        &'a self,
+        key: &'a SessionKey,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>> {
+        ready(self.cache.get(key.store_key()))
     }
 
-    fn insert(&self, id: String, session: Arc<Session>) -> BoxFuture<'_, ()> {
-        self.cache.insert(id, session);
-        Box::pin(std::future::ready(()))
+    fn insert<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        session: Arc<Session>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.cache.insert(key.store_key().into(), session);
+        ready(())
     }
 
-    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
-        self.cache.invalidate(id);
-        Box::pin(std::future::ready(()))
+    fn remove<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.cache.invalidate(key.store_key());
+        ready(())
+    }
+
+    fn consume_state<'a>(
+        &'a self,
+        state: &'a str,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let entry = self.consumed.entry(state_digest(state)).or_insert(());
+        ready(entry.is_fresh())
     }
 
     fn count(&self) -> u64 {

@@ -1,0 +1,182 @@
+use super::*;
+
+fn cookies(secrets: &[&[u8]]) -> Cookies {
+    Cookies::new(
+        secrets.iter().map(|s| Secret::new(s.to_vec())).collect(),
+        "_emp",
+        true,
+        Duration::from_secs(3600),
+    )
+}
+
+/// A request carrying the cookies the `Set-Cookie` values set (besides another).
+fn request_with(set_cookies: &[&HeaderValue]) -> HeaderMap {
+    let pairs: Vec<String> = set_cookies
+        .iter()
+        .map(|sc| sc.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect();
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::COOKIE,
+        HeaderValue::try_from(format!("other=1; {}", pairs.join("; "))).unwrap(),
+    );
+    h
+}
+
+fn login(state: &str) -> PendingLogin {
+    Cookies::new_login(state.into(), "n".into(), "v".into(), "/back".into())
+}
+
+#[test]
+fn signed_session_cookie_round_trips_with_the_right_flags() {
+    let c = cookies(&[&[7u8; 32]]);
+    let key = SessionKey::generate();
+    let set = c.set_session(&key);
+    let text = set.to_str().unwrap();
+    for flag in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/",
+        "Secure",
+        "Max-Age=3600",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from {text}");
+    }
+    let back = c.session_key(&request_with(&[&set])).unwrap();
+    assert_eq!(back, key);
+    assert_eq!(back.store_key(), key.store_key());
+}
+
+#[test]
+fn the_store_key_reveals_neither_id_nor_secret_nor_cookie() {
+    let c = cookies(&[&[7u8; 32]]);
+    let key = SessionKey::generate();
+    let cookie = c.set_session(&key);
+    let value = cookie.to_str().unwrap().split(';').next().unwrap();
+    let store_key = key.store_key();
+    assert_eq!(store_key.len(), 43);
+    let raw = URL_SAFE_NO_PAD.decode(key.encode()).unwrap();
+    let store_raw = URL_SAFE_NO_PAD.decode(store_key).unwrap();
+    for window in raw.windows(4) {
+        assert!(!store_raw.windows(4).any(|w| w == window));
+    }
+    assert!(!value.contains(store_key));
+    // Another session, another store key.
+    assert_ne!(SessionKey::generate().store_key(), store_key);
+}
+
+#[test]
+fn tampered_foreign_and_swapped_cookies_are_refused() {
+    let c = cookies(&[&[7u8; 32]]);
+    let set = c.set_session(&SessionKey::generate());
+    let text = set.to_str().unwrap().to_string();
+    let value = text.split(';').next().unwrap().split_once('=').unwrap().1;
+    let mut flipped = value.as_bytes().to_vec();
+    flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
+    let tampered =
+        HeaderValue::try_from(text.replace(value, std::str::from_utf8(&flipped).unwrap())).unwrap();
+    assert_eq!(c.session_key(&request_with(&[&tampered])), None);
+    let foreign = cookies(&[&[9u8; 32]]).set_session(&SessionKey::generate());
+    assert_eq!(c.session_key(&request_with(&[&foreign])), None);
+    // A login cookie is not a session cookie under another name.
+    let login_cookie = c.set_login(&login("st")).unwrap();
+    let login_text = login_cookie.to_str().unwrap();
+    let login_name = login_text.split('=').next().unwrap();
+    let swapped = HeaderValue::try_from(login_text.replacen(login_name, "_emp", 1)).unwrap();
+    assert_eq!(c.session_key(&request_with(&[&swapped])), None);
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::COOKIE,
+        HeaderValue::from_static("_emp=no-dot-here; _emp=x.%%%"),
+    );
+    assert_eq!(c.session_key(&h), None);
+}
+
+#[test]
+fn rotation_first_secret_signs_all_verify() {
+    let old = cookies(&[&[1u8; 32]]);
+    let rotated = cookies(&[&[2u8; 32], &[1u8; 32]]);
+    let k1 = SessionKey::generate();
+    assert_eq!(
+        rotated.session_key(&request_with(&[&old.set_session(&k1)])),
+        Some(k1)
+    );
+    let k2 = SessionKey::generate();
+    let from_new = rotated.set_session(&k2);
+    assert_eq!(old.session_key(&request_with(&[&from_new])), None);
+    assert_eq!(
+        cookies(&[&[2u8; 32]]).session_key(&request_with(&[&from_new])),
+        Some(k2)
+    );
+    // Login cookies rotate the same way.
+    let l = old.set_login(&login("s1")).unwrap();
+    assert!(rotated.login(&request_with(&[&l]), "s1").is_some());
+}
+
+#[test]
+fn each_login_has_its_own_sealed_cookie_bound_to_its_state() {
+    let c = cookies(&[&[7u8; 32]]);
+    let a = c.set_login(&login("state-a")).unwrap();
+    let b = c.set_login(&login("state-b")).unwrap();
+    let name = |v: &HeaderValue| v.to_str().unwrap().split('=').next().unwrap().to_string();
+    assert_ne!(name(&a), name(&b));
+    assert!(name(&a).starts_with("_emp_csrf_"));
+    for flag in ["HttpOnly", "SameSite=Lax", "Path=/", "Secure", "Max-Age=600"] {
+        assert!(a.to_str().unwrap().contains(flag), "{flag}");
+    }
+    // Nothing of the login is readable in the cookie.
+    assert!(!a.to_str().unwrap().contains("/back"));
+    let both = request_with(&[&a, &b]);
+    let got = c.login(&both, "state-a").unwrap();
+    assert_eq!(
+        (got.state.as_str(), got.return_to.as_str()),
+        ("state-a", "/back")
+    );
+    assert_eq!(c.login(&both, "state-b").unwrap().state, "state-b");
+    assert!(c.login(&both, "state-c").is_none());
+    // Another login's cookie under this state's name does not open.
+    let renamed =
+        HeaderValue::try_from(b.to_str().unwrap().replacen(&name(&b), &name(&a), 1)).unwrap();
+    assert!(c.login(&request_with(&[&renamed]), "state-a").is_none());
+}
+
+#[test]
+fn an_expired_login_cookie_is_nothing_whatever_its_max_age() {
+    let c = cookies(&[&[7u8; 32]]);
+    let mut old = login("st");
+    old.issued_at -= LOGIN_COOKIE_TTL.as_millis() as u64 + 1;
+    let set = c.set_login(&old).unwrap();
+    assert!(c.login(&request_with(&[&set]), "st").is_none());
+    // ...and is pruned.
+    assert_eq!(c.prune_logins(&request_with(&[&set]), 5).len(), 1);
+}
+
+#[test]
+fn a_browser_keeps_at_most_the_newest_login_cookies() {
+    let c = cookies(&[&[7u8; 32]]);
+    let mut sets = Vec::new();
+    for i in 0..7u64 {
+        let mut l = login(&format!("state-{i}"));
+        l.issued_at -= 100 - i; // state-0 is the oldest
+        sets.push(c.set_login(&l).unwrap());
+    }
+    let refs: Vec<&HeaderValue> = sets.iter().collect();
+    let dropped = c.prune_logins(&request_with(&refs), MAX_LOGIN_COOKIES - 1);
+    assert_eq!(dropped.len(), 3);
+    for (i, set) in sets.iter().enumerate().take(3) {
+        let name = set.to_str().unwrap().split('=').next().unwrap();
+        assert!(
+            dropped
+                .iter()
+                .any(|d| d.to_str().unwrap().starts_with(&format!("{name}=;"))),
+            "state-{i} not dropped"
+        );
+    }
+    assert!(dropped.iter().all(|d| d.to_str().unwrap().contains("Max-Age=0")));
+}
+
+#[test]
+fn an_overlong_return_url_returns_to_the_root() {
+    let l = Cookies::new_login("s".into(), "n".into(), "v".into(), "/".repeat(5000));
+    assert_eq!(l.return_to, "/");
+}
