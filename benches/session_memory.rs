@@ -64,10 +64,16 @@ fn main() {
             Duration::from_secs(43_200),
         );
         // Warm the allocator and moka's internals with one session.
-        store.insert(&SessionKey::generate(), Arc::new(session(0))).await.unwrap();
+        store
+            .insert(&SessionKey::generate(), Arc::new(session(0)))
+            .await
+            .unwrap();
         let before = rss_bytes();
         for n in 0..SESSIONS {
-            store.insert(&SessionKey::generate(), Arc::new(session(n))).await.unwrap();
+            store
+                .insert(&SessionKey::generate(), Arc::new(session(n)))
+                .await
+                .unwrap();
         }
         let count = store.count();
         let after = rss_bytes();

@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
-use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::body::{self, Body};
@@ -27,7 +26,7 @@ use crate::metrics::{LoginResult, Metrics};
 use crate::provider::{Callback, IdpError, LoginRequest, Provider};
 use crate::proxy::headers::X_FORWARDED_ACCESS_TOKEN;
 use crate::session::cookie::{Cookies, LOGIN_COOKIE_TTL, MAX_LOGIN_COOKIES};
-use crate::session::{Identity, Session, SessionKey, SessionStore, StoreError, Tokens};
+use crate::session::{IdentityRules, Session, SessionKey, SessionStore, StoreError, Tokens};
 use crate::token_cache::{Fresh, TokenCache};
 use page::ErrorPage;
 
@@ -56,9 +55,7 @@ pub struct Auth {
     cookies: Cookies,
     metrics: Arc<Metrics>,
     allowed_domains: Vec<String>,
-    user_claim: String,
-    email_claim: String,
-    claims: Vec<(HeaderName, String)>,
+    identity: IdentityRules,
     inject_authorization: bool,
     inject_access_token: bool,
 }
@@ -90,23 +87,6 @@ fn query_param(uri: &Uri, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// The value at an RFC 6901 pointer, as header text (strings as they are,
-/// numbers and booleans printed, arrays of strings comma-joined).
-fn claim_text(claims: &Value, pointer: &str) -> Option<HeaderValue> {
-    let text = match claims.pointer(pointer)? {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|i| i.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
-        Value::Null | Value::Object(_) => return None,
-    };
-    HeaderValue::try_from(text).ok()
-}
-
 impl Auth {
     pub fn new(
         config: &Config,
@@ -133,12 +113,20 @@ impl Auth {
             ),
             metrics,
             allowed_domains: config.routes.allowed_redirect_domains.clone(),
-            user_claim: config.headers.user_claim.clone(),
-            email_claim: config.headers.email_claim.clone(),
-            claims: config.headers.claims.clone(),
+            identity: IdentityRules::new(config),
             inject_authorization: config.headers.authorization,
             inject_access_token: config.headers.access_token,
         }
+    }
+
+    /// Starts the session store's background work.
+    pub fn start_store(&self) {
+        self.store.start();
+    }
+
+    /// Whether the session store can serve now (`/ready`).
+    pub async fn store_ready(&self) -> bool {
+        self.store.ready().await
     }
 
     /// The one authentication decision.
@@ -376,7 +364,7 @@ impl Auth {
             // A failure here leaves the old session to expire on its own.
             let _ = self.store.remove(&old).await;
         }
-        let identity = self.identity(&claims);
+        let identity = self.identity.identity(&claims);
         let key = SessionKey::generate();
         let session = Arc::new(Session::new(tokens, &claims, identity));
         if let Err(e) = self.store.insert(&key, session).await {
@@ -418,18 +406,6 @@ impl Auth {
             request_id,
         }
         .render()
-    }
-
-    fn identity(&self, claims: &Value) -> Identity {
-        Identity {
-            user: claim_text(claims, &self.user_claim),
-            email: claim_text(claims, &self.email_claim),
-            claim_headers: self
-                .claims
-                .iter()
-                .filter_map(|(name, pointer)| Some((name.clone(), claim_text(claims, pointer)?)))
-                .collect(),
-        }
     }
 
     /// Ends the session on the server and clears the cookies, then returns
@@ -510,20 +486,6 @@ pub fn start_return_to(uri: &Uri, headers: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn claims_become_header_text() {
-        let c = json!({"sub": "u1", "n": 7, "ok": true, "groups": ["a", "b"], "obj": {"x": 1}, "nl": "a\nb"});
-        assert_eq!(claim_text(&c, "/sub").unwrap(), "u1");
-        assert_eq!(claim_text(&c, "/n").unwrap(), "7");
-        assert_eq!(claim_text(&c, "/ok").unwrap(), "true");
-        assert_eq!(claim_text(&c, "/groups").unwrap(), "a,b");
-        assert!(claim_text(&c, "/obj").is_none());
-        assert!(claim_text(&c, "/missing").is_none());
-        // A value that cannot be a header is left out, not sent broken.
-        assert!(claim_text(&c, "/nl").is_none());
-    }
 
     #[test]
     fn browser_navigations_are_told_apart_from_api_calls() {

@@ -165,9 +165,35 @@ impl ProviderConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     Memory,
+    /// Redis or Valkey, shared by every replica.
+    Redis(RedisConfig),
+}
+
+/// `[session.redis]`: where the shared store is and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub topology: RedisTopology,
+    /// Overrides a password inside the URLs when set.
+    pub password: Option<Secret>,
+    /// Extra CA bundle for `rediss://`.
+    pub ca_file: Option<PathBuf>,
+    /// Every key the sidecar writes starts with this.
+    pub key_prefix: String,
+    /// Limit for each Redis command; a slower answer is "unavailable".
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// `url`: one server (`redis://` or `rediss://`).
+    Standalone(Url),
+    /// `cluster_urls`: seed nodes of a Redis Cluster.
+    Cluster(Vec<Url>),
+    /// `sentinel_urls` + `sentinel_master`.
+    Sentinel { sentinels: Vec<Url>, master: String },
 }
 
 #[derive(Debug, Clone)]
@@ -765,13 +791,7 @@ fn session(l: &mut Loader) -> Option<SessionConfig> {
     let cookie_secure = l.get::<bool>("session.cookie_secure");
     let store = match l.string("session.store").as_str() {
         "memory" => Some(StoreKind::Memory),
-        "redis" => {
-            l.problem(
-                "session.store",
-                "\"redis\" is not available in this version; use \"memory\"",
-            );
-            None
-        }
+        "redis" => redis(l).map(StoreKind::Redis),
         other => {
             l.problem(
                 "session.store",
@@ -802,6 +822,108 @@ fn session(l: &mut Loader) -> Option<SessionConfig> {
         lifetime: lifetime?,
         idle_timeout: idle_timeout?,
         max_sessions: max_sessions?,
+    })
+}
+
+/// `[session.redis]`, read only when `session.store = "redis"`.
+fn redis(l: &mut Loader) -> Option<RedisConfig> {
+    let redis_url = |l: &mut Loader, key: &str, text: &str| -> Option<Url> {
+        match Url::parse(text) {
+            Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => Some(u),
+            Ok(_) => {
+                l.problem(
+                    key,
+                    format!("{text:?}: expected redis://host:port or rediss://host:port"),
+                );
+                None
+            }
+            Err(e) => {
+                l.problem(key, format!("{text:?}: {e}"));
+                None
+            }
+        }
+    };
+    let url = l.string("session.redis.url");
+    let cluster = l
+        .get::<Vec<String>>("session.redis.cluster_urls")
+        .unwrap_or_default();
+    let sentinels = l
+        .get::<Vec<String>>("session.redis.sentinel_urls")
+        .unwrap_or_default();
+    let master = l.string("session.redis.sentinel_master");
+    let set = [!url.is_empty(), !cluster.is_empty(), !sentinels.is_empty()];
+    let topology = match set {
+        [true, false, false] => {
+            redis_url(l, "session.redis.url", &url).map(RedisTopology::Standalone)
+        }
+        [false, true, false] => {
+            let urls: Vec<Option<Url>> = cluster
+                .iter()
+                .map(|u| redis_url(l, "session.redis.cluster_urls", u))
+                .collect();
+            urls.into_iter()
+                .collect::<Option<Vec<_>>>()
+                .map(RedisTopology::Cluster)
+        }
+        [false, false, true] => {
+            let urls: Vec<Option<Url>> = sentinels
+                .iter()
+                .map(|u| redis_url(l, "session.redis.sentinel_urls", u))
+                .collect();
+            if master.is_empty() {
+                l.problem(
+                    "session.redis.sentinel_master",
+                    "required with sentinel_urls: the name the sentinels monitor",
+                );
+            }
+            match urls.into_iter().collect::<Option<Vec<_>>>() {
+                Some(sentinels) if !master.is_empty() => Some(RedisTopology::Sentinel {
+                    sentinels,
+                    master: master.clone(),
+                }),
+                _ => None,
+            }
+        }
+        _ => {
+            l.problem(
+                "session.redis",
+                "session.store = \"redis\" needs exactly one of url, cluster_urls, sentinel_urls",
+            );
+            None
+        }
+    };
+    let password = match l.secret_source("session.redis.password") {
+        SecretSource::Unset => Some(None),
+        SecretSource::Inline(Value::String(_, s)) => Some(Some(Secret::new(s))),
+        SecretSource::Inline(_) => {
+            l.problem("session.redis.password", "expected a string");
+            None
+        }
+        SecretSource::File(text) => Some(Some(Secret::new(text.trim_end_matches(['\r', '\n'])))),
+    };
+    let ca_file = l.path("session.redis.ca_file");
+    if let Some(p) = &ca_file
+        && !p.is_file()
+    {
+        l.problem(
+            "session.redis.ca_file",
+            format!("file {} not found", p.display()),
+        );
+    }
+    let key_prefix = l.string("session.redis.key_prefix");
+    if key_prefix.contains(['{', '}']) {
+        l.problem(
+            "session.redis.key_prefix",
+            "must not contain { or } (they pick Redis Cluster hash slots)",
+        );
+    }
+    let timeout = positive(l, "session.redis.timeout");
+    Some(RedisConfig {
+        topology: topology?,
+        password: password?,
+        ca_file,
+        key_prefix: (!key_prefix.contains(['{', '}'])).then_some(key_prefix)?,
+        timeout: timeout?,
     })
 }
 

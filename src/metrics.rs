@@ -239,6 +239,123 @@ impl ClientErrorKind {
     }
 }
 
+/// A call to the shared session store (the `operation` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Get,
+    Insert,
+    Remove,
+    Touch,
+    ConsumeState,
+    Save,
+    Lease,
+    Publish,
+    Ping,
+}
+
+impl StoreOp {
+    pub const ALL: [StoreOp; 9] = [
+        StoreOp::Get,
+        StoreOp::Insert,
+        StoreOp::Remove,
+        StoreOp::Touch,
+        StoreOp::ConsumeState,
+        StoreOp::Save,
+        StoreOp::Lease,
+        StoreOp::Publish,
+        StoreOp::Ping,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Get => "get",
+            StoreOp::Insert => "insert",
+            StoreOp::Remove => "remove",
+            StoreOp::Touch => "touch",
+            StoreOp::ConsumeState => "consume_state",
+            StoreOp::Save => "save",
+            StoreOp::Lease => "lease",
+            StoreOp::Publish => "publish",
+            StoreOp::Ping => "ping",
+        }
+    }
+}
+
+/// Why the shared store failed us (the `kind` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// Unreachable, or an error from Redis.
+    Unavailable,
+    /// No answer within `session.redis.timeout`.
+    Timeout,
+    /// A record that does not open or decode (another key, another
+    /// format, garbage): treated as no session.
+    Corrupt,
+}
+
+impl StoreErrorKind {
+    pub const ALL: [StoreErrorKind; 3] = [
+        StoreErrorKind::Unavailable,
+        StoreErrorKind::Timeout,
+        StoreErrorKind::Corrupt,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreErrorKind::Unavailable => "unavailable",
+            StoreErrorKind::Timeout => "timeout",
+            StoreErrorKind::Corrupt => "corrupt",
+        }
+    }
+}
+
+/// What this replica's session cache did for a request (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Served from the cache, no store call.
+    Hit,
+    /// Read from the store.
+    Miss,
+    /// The cached copy was old enough to check again and the store could
+    /// not be reached: served as it was.
+    Stale,
+}
+
+impl CacheResult {
+    pub const ALL: [CacheResult; 3] = [CacheResult::Hit, CacheResult::Miss, CacheResult::Stale];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Stale => "stale",
+        }
+    }
+}
+
+/// How a replica got a refresh of a shared session done (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockResult {
+    /// Took the lease and called the IdP.
+    Acquired,
+    /// Another replica held it: waited for its result.
+    Waited,
+    /// The holder's lease ran out (it died or stalled): took over.
+    TakenOver,
+}
+
+impl LockResult {
+    pub const ALL: [LockResult; 3] = [
+        LockResult::Acquired,
+        LockResult::Waited,
+        LockResult::TakenOver,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockResult::Acquired => "acquired",
+            LockResult::Waited => "waited",
+            LockResult::TakenOver => "taken_over",
+        }
+    }
+}
+
 /// How a login ended (the `result` label of `emp_sidecar_logins_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginResult {
@@ -316,6 +433,11 @@ pub struct Metrics {
     upstream_durations: Histogram,
     upstream_errors: Vec<IntCounter>,
     client_errors: Vec<IntCounter>,
+    store_durations: Vec<Histogram>,
+    store_errors: Vec<IntCounter>,
+    cache: Vec<IntCounter>,
+    pub invalidations: IntCounter,
+    refresh_locks: Vec<IntCounter>,
     pub in_flight: IntGauge,
     logins: Vec<IntCounter>,
     refreshes: Vec<IntCounter>,
@@ -362,6 +484,39 @@ impl Metrics {
                 "Requests refused as the client's fault, by kind",
             ),
             &["kind"],
+        )?;
+        let store_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "emp_sidecar_store_duration_seconds",
+                "Duration of calls to the shared session store (Redis), by operation",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["operation"],
+        )?;
+        let store_errors_vec = IntCounterVec::new(
+            Opts::new(
+                "emp_sidecar_store_errors_total",
+                "Failed calls to the shared session store and records refused as corrupt, by kind",
+            ),
+            &["kind"],
+        )?;
+        let cache_vec = IntCounterVec::new(
+            Opts::new(
+                "emp_sidecar_session_cache_total",
+                "Session lookups in this replica's cache in front of the shared store, by result",
+            ),
+            &["result"],
+        )?;
+        let invalidations = IntCounter::new(
+            "emp_sidecar_session_invalidations_total",
+            "Cached sessions dropped because another replica changed or ended them",
+        )?;
+        let locks_vec = IntCounterVec::new(
+            Opts::new(
+                "emp_sidecar_refresh_locks_total",
+                "Refreshes of shared sessions, by how this replica got the refresh lock",
+            ),
+            &["result"],
         )?;
         let in_flight = IntGauge::new(
             "emp_sidecar_http_requests_in_flight",
@@ -410,6 +565,11 @@ impl Metrics {
         registry.register(Box::new(upstream_durations.clone()))?;
         registry.register(Box::new(errors_vec.clone()))?;
         registry.register(Box::new(client_errors_vec.clone()))?;
+        registry.register(Box::new(store_vec.clone()))?;
+        registry.register(Box::new(store_errors_vec.clone()))?;
+        registry.register(Box::new(cache_vec.clone()))?;
+        registry.register(Box::new(invalidations.clone()))?;
+        registry.register(Box::new(locks_vec.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
 
         let requests = RouteClass::ALL
@@ -428,6 +588,22 @@ impl Metrics {
             .iter()
             .map(|k| client_errors_vec.with_label_values(&[k.as_str()]))
             .collect();
+        let by = |vec: &IntCounterVec, labels: &[&str]| {
+            labels
+                .iter()
+                .map(|l| vec.with_label_values(&[*l]))
+                .collect::<Vec<_>>()
+        };
+        let store_durations = StoreOp::ALL
+            .iter()
+            .map(|o| store_vec.with_label_values(&[o.as_str()]))
+            .collect();
+        let store_errors = by(
+            &store_errors_vec,
+            &StoreErrorKind::ALL.map(StoreErrorKind::as_str),
+        );
+        let cache = by(&cache_vec, &CacheResult::ALL.map(CacheResult::as_str));
+        let refresh_locks = by(&locks_vec, &LockResult::ALL.map(LockResult::as_str));
         let logins = LoginResult::ALL
             .iter()
             .map(|r| logins_vec.with_label_values(&[r.as_str()]))
@@ -456,6 +632,11 @@ impl Metrics {
             upstream_durations,
             upstream_errors,
             client_errors,
+            store_durations,
+            store_errors,
+            cache,
+            invalidations,
+            refresh_locks,
             in_flight,
         })
     }
@@ -481,6 +662,22 @@ impl Metrics {
 
     pub fn client_error(&self, kind: ClientErrorKind) {
         self.client_errors[kind as usize].inc();
+    }
+
+    pub fn observe_store(&self, op: StoreOp, seconds: f64) {
+        self.store_durations[op as usize].observe(seconds);
+    }
+
+    pub fn store_error(&self, kind: StoreErrorKind) {
+        self.store_errors[kind as usize].inc();
+    }
+
+    pub fn cache(&self, result: CacheResult) {
+        self.cache[result as usize].inc();
+    }
+
+    pub fn refresh_lock(&self, result: LockResult) {
+        self.refresh_locks[result as usize].inc();
     }
 
     pub fn login(&self, result: LoginResult) {

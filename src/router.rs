@@ -264,7 +264,17 @@ impl App {
             Ok((body::response(status, content_type, text), None))
         };
         match route {
-            Route::Ping | Route::Ready => local(StatusCode::OK, "text/plain", b"OK".to_vec()),
+            Route::Ping => local(StatusCode::OK, "text/plain", b"OK".to_vec()),
+            // Not ready while the session store cannot be reached: a load
+            // balancer sends traffic to replicas that can serve it.
+            Route::Ready => match Box::pin(self.auth.store_ready()).await {
+                true => local(StatusCode::OK, "text/plain", b"OK".to_vec()),
+                false => local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    b"session store unreachable".to_vec(),
+                ),
+            },
             Route::Metrics => {
                 self.metrics
                     .sessions_active

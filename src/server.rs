@@ -32,8 +32,9 @@ use crate::config::{Config, Problem, Problems, StoreKind, WorkerScheduling};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::router::{App, Conn, Listener};
-use crate::session::SessionStore;
 use crate::session::memory::MemoryStore;
+use crate::session::redis::RedisStore;
+use crate::session::{IdentityRules, SessionStore};
 
 /// Sockets the server serves; bound by the caller.
 pub struct Listeners {
@@ -86,15 +87,25 @@ pub fn prepare(config: &Config, metrics: Arc<Metrics>) -> Result<Prepared, Probl
             }
         }
     }
-    match provider {
-        Ok(provider) if problems.is_empty() => {
-            let store: Arc<dyn SessionStore> = match config.session.store {
-                StoreKind::Memory => Arc::new(MemoryStore::new(
-                    config.session.max_sessions,
-                    config.session.lifetime,
-                    config.session.idle_timeout,
-                )),
-            };
+    let store: Option<Arc<dyn SessionStore>> = match &config.session.store {
+        StoreKind::Memory => Some(Arc::new(MemoryStore::new(
+            config.session.max_sessions,
+            config.session.lifetime,
+            config.session.idle_timeout,
+        ))),
+        StoreKind::Redis(redis) => RedisStore::new(
+            redis,
+            &config.session,
+            IdentityRules::new(config),
+            config.token.refresh_margin,
+            metrics.clone(),
+        )
+        .map(|s| Arc::new(s) as Arc<dyn SessionStore>)
+        .map_err(|p| problems.push(p))
+        .ok(),
+    };
+    match (provider, store) {
+        (Ok(provider), Some(store)) if problems.is_empty() => {
             let auth = Arc::new(Auth::new(config, provider, store, metrics));
             Ok(Prepared {
                 tls,
@@ -126,6 +137,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> bool {
     let config = Arc::new(config);
+    // Store connections and subscriptions live on this runtime, for as
+    // long as the server runs.
+    prepared.auth.start_store();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut senders = Vec::new();
     let mut drained = Vec::new();

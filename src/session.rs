@@ -4,10 +4,13 @@
 
 pub mod cookie;
 pub mod memory;
+pub mod record;
+pub mod redis;
 pub mod seal;
 
 pub use cookie::SessionKey;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,10 +18,18 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderName, HeaderValue};
 use rand::RngCore as _;
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::provider::{BoxFuture, IdpError, TokenSet};
+
+/// Wall-clock Unix milliseconds, for what outlives this process.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// 256 random bits, URL-safe base64: session ids, `state` values.
 pub fn random_token() -> String {
@@ -36,6 +47,8 @@ pub struct Tokens {
     pub access_header: HeaderValue,
     pub refresh_token: Option<String>,
     pub expires_at: Instant,
+    /// The lifetime the IdP gave the access token (`expires_in`).
+    pub lifetime: Duration,
     /// When a refresh becomes due: `token.refresh_margin` before expiry,
     /// capped at half the token's lifetime.
     pub refresh_at: Instant,
@@ -66,9 +79,68 @@ impl Tokens {
             access_header,
             refresh_token: set.refresh_token,
             expires_at: now + set.expires_in,
+            lifetime: set.expires_in,
             refresh_at: now + set.expires_in - margin,
             backend_url: set.backend_url,
         })
+    }
+}
+
+/// The value at an RFC 6901 pointer, as header text (strings as they are,
+/// numbers and booleans printed, arrays of strings comma-joined).
+pub fn claim_text(claims: &Value, pointer: &str) -> Option<HeaderValue> {
+    let text = match claims.pointer(pointer)? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Null | Value::Object(_) => return None,
+    };
+    HeaderValue::try_from(text).ok()
+}
+
+/// How claims become identity headers (`headers.user_claim`,
+/// `headers.email_claim`, `[headers.claims]`).
+#[derive(Debug, Clone)]
+pub struct IdentityRules {
+    user_claim: String,
+    email_claim: String,
+    claims: Vec<(HeaderName, String)>,
+}
+
+impl IdentityRules {
+    pub fn new(config: &crate::config::Config) -> IdentityRules {
+        IdentityRules {
+            user_claim: config.headers.user_claim.clone(),
+            email_claim: config.headers.email_claim.clone(),
+            claims: config.headers.claims.clone(),
+        }
+    }
+
+    /// Rules that read only the user claim at `user_claim`.
+    #[cfg(test)]
+    pub fn for_tests(user_claim: &str) -> IdentityRules {
+        IdentityRules {
+            user_claim: user_claim.into(),
+            email_claim: "/email".into(),
+            claims: Vec::new(),
+        }
+    }
+
+    pub fn identity(&self, claims: &serde_json::Value) -> Identity {
+        Identity {
+            user: claim_text(claims, &self.user_claim),
+            email: claim_text(claims, &self.email_claim),
+            claim_headers: self
+                .claims
+                .iter()
+                .filter_map(|(name, pointer)| Some((name.clone(), claim_text(claims, pointer)?)))
+                .collect(),
+        }
     }
 }
 
@@ -154,10 +226,28 @@ pub struct Session {
     pub subject: Option<Box<str>>,
     pub identity: Identity,
     pub refresh: RefreshState,
+    /// Unix milliseconds of the login: `session.lifetime` counts from it.
+    pub created_at: u64,
+    /// The generation of the stored record this copy matches (a shared
+    /// store fences refresh writes with it).
+    pub generation: AtomicU64,
+    /// Unix milliseconds of the last idle-timeout touch sent to the store.
+    pub touched_at: AtomicU64,
 }
 
 impl Session {
     pub fn new(tokens: Tokens, claims: &serde_json::Value, identity: Identity) -> Session {
+        Session::restored(tokens, claims, identity, now_ms(), 1)
+    }
+
+    /// A session as a store kept it.
+    pub fn restored(
+        tokens: Tokens,
+        claims: &serde_json::Value,
+        identity: Identity,
+        created_at: u64,
+        generation: u64,
+    ) -> Session {
         Session {
             tokens: Mutex::new(Arc::new(tokens)),
             claims: claims.to_string().into_boxed_str(),
@@ -167,6 +257,9 @@ impl Session {
                 .map(Into::into),
             identity,
             refresh: RefreshState::default(),
+            created_at,
+            generation: AtomicU64::new(generation),
+            touched_at: AtomicU64::new(now_ms()),
         }
     }
 
@@ -215,8 +308,22 @@ pub trait SessionStore: Send + Sync {
         state: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// After a refresh: stores the session's new tokens, if the stored
+    /// record is still at the generation this copy was read at. `false`:
+    /// another replica wrote first, or the session ended.
+    fn save_refreshed<'a>(
+        &'a self,
+        _key: &'a SessionKey,
+        _session: &'a Arc<Session>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        // One process: the session object is the record.
+        Box::pin(std::future::ready(Ok(true)))
+    }
     /// Sessions held now (approximate), for `emp_sidecar_sessions_active`.
     fn count(&self) -> u64;
+    /// Starts background work (connections, subscriptions); called once,
+    /// inside the runtime that serves.
+    fn start(&self) {}
     /// Whether the store can serve now (`/ready`).
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(std::future::ready(true))
@@ -230,3 +337,21 @@ pub fn state_digest(state: &str) -> String {
     URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(state.as_bytes()))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn claims_become_header_text() {
+        let c = json!({"sub": "u1", "n": 7, "ok": true, "groups": ["a", "b"], "obj": {"x": 1}, "nl": "a\nb"});
+        assert_eq!(claim_text(&c, "/sub").unwrap(), "u1");
+        assert_eq!(claim_text(&c, "/n").unwrap(), "7");
+        assert_eq!(claim_text(&c, "/ok").unwrap(), "true");
+        assert_eq!(claim_text(&c, "/groups").unwrap(), "a,b");
+        assert!(claim_text(&c, "/obj").is_none());
+        assert!(claim_text(&c, "/missing").is_none());
+        // A value that cannot be a header is left out, not sent broken.
+        assert!(claim_text(&c, "/nl").is_none());
+    }
+}

@@ -132,6 +132,15 @@ impl TokenCache {
             let outcome = match cache.refresh(&session, &current).await {
                 Ok(()) => {
                     session.refresh.set_cool_down(None);
+                    match cache.store.save_refreshed(&key, &session).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::debug!(
+                            "another replica stored a newer copy of the session first"
+                        ),
+                        // This replica goes on with the new tokens; the
+                        // others refresh on their own when theirs run out.
+                        Err(e) => tracing::warn!(error = %e, "cannot store refreshed tokens"),
+                    }
                     Outcome::Refreshed
                 }
                 Err(Some(e)) if e.is_transient() => {

@@ -109,10 +109,7 @@ async fn full_login_speaks_emps_wire_format_and_returns_to_the_original_url() {
             "{flag} missing: {session_cookie}"
         );
     }
-    assert!(
-        login_cookies(&b).is_empty(),
-        "login cookie not cleared"
-    );
+    assert!(login_cookies(&b).is_empty(), "login cookie not cleared");
 
     // The token request: POST, every parameter in the query string, none in the body.
     let token_reqs: Vec<_> = w
@@ -558,7 +555,13 @@ async fn state_mismatch_replay_and_missing_login_cookie_are_403() {
     let callback = b.submit_login(&authorize, "alice").await;
     let [(name, value)] = login_cookies(&b).try_into().unwrap();
     assert_eq!(b.get(&callback).await.status(), 302);
-    let token_calls = |w: &World| w.emp.requests().iter().filter(|r| r.path == "/token").count();
+    let token_calls = |w: &World| {
+        w.emp
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/token")
+            .count()
+    };
     let calls = token_calls(&w);
     b.cookies.insert(name, value);
     assert_eq!(
@@ -566,7 +569,11 @@ async fn state_mismatch_replay_and_missing_login_cookie_are_403() {
         403,
         "replayed callback accepted"
     );
-    assert_eq!(token_calls(&w), calls, "a replay reached the token endpoint");
+    assert_eq!(
+        token_calls(&w),
+        calls,
+        "a replay reached the token endpoint"
+    );
 
     // Another browser's callback (its state), with this browser's login cookie.
     let mut victim = Browser::new();
@@ -630,7 +637,11 @@ async fn logins_in_several_tabs_at_once_all_succeed_and_at_most_five_are_kept() 
     }
     assert_eq!(login_cookies(&c).len(), 5);
     let callback = c.submit_login(&started[0], "alice").await;
-    assert_eq!(c.get(&callback).await.status(), 403, "the oldest was dropped");
+    assert_eq!(
+        c.get(&callback).await.status(),
+        403,
+        "the oldest was dropped"
+    );
     let callback = c.submit_login(&started[6], "alice").await;
     assert_eq!(Browser::location(&c.get(&callback).await), "/tab6");
 }

@@ -236,3 +236,43 @@ fn toml_syntax_error_is_one_clear_problem() {
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].key, "config");
 }
+
+#[test]
+fn the_redis_store_needs_exactly_one_topology_and_valid_urls() {
+    let with = |extra: &str| format!("{}store = \"redis\"\n{extra}", minimal());
+    let keys = |toml: &str| -> Vec<String> { problems(toml).into_iter().map(|p| p.key).collect() };
+    assert_eq!(keys(&with("")), ["session.redis"]);
+    assert_eq!(
+        keys(&with(
+            "[session.redis]\nurl = \"redis://a:6379\"\ncluster_urls = [\"redis://b:6379\"]"
+        )),
+        ["session.redis"]
+    );
+    assert_eq!(
+        keys(&with("[session.redis]\nurl = \"http://a:6379\"")),
+        ["session.redis.url"]
+    );
+    assert_eq!(
+        keys(&with(
+            "[session.redis]\nsentinel_urls = [\"redis://s:26379\"]"
+        )),
+        ["session.redis.sentinel_master"]
+    );
+    assert_eq!(
+        keys(&with(
+            "[session.redis]\nurl = \"redis://a\"\nkey_prefix = \"{x}\""
+        )),
+        ["session.redis.key_prefix"]
+    );
+    let c = Config::from_toml_str(&with(
+        "[session.redis]\ncluster_urls = [\"redis://a:7000\", \"rediss://b:7001\"]\npassword = \"pw\"",
+    ))
+    .unwrap();
+    let StoreKind::Redis(r) = &c.session.store else {
+        panic!("not redis")
+    };
+    assert!(matches!(&r.topology, RedisTopology::Cluster(urls) if urls.len() == 2));
+    assert_eq!(r.password.as_ref().unwrap().expose(), b"pw");
+    assert_eq!(r.key_prefix, "emp-sidecar:");
+    assert_eq!(r.timeout, Duration::from_secs(1));
+}

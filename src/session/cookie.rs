@@ -108,7 +108,10 @@ impl SessionKey {
             return None;
         }
         let (id, secret) = raw.split_at(ID_LEN);
-        Some(SessionKey::from_parts(id.try_into().ok()?, secret.try_into().ok()?))
+        Some(SessionKey::from_parts(
+            id.try_into().ok()?,
+            secret.try_into().ok()?,
+        ))
     }
 }
 

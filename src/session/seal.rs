@@ -31,7 +31,9 @@ impl SealKey {
             .ok()?
             .fill(&mut bytes)
             .ok()?;
-        RandomizedNonceKey::new(&AES_256_GCM, &bytes).ok().map(SealKey)
+        RandomizedNonceKey::new(&AES_256_GCM, &bytes)
+            .ok()
+            .map(SealKey)
     }
 
     /// `plaintext` sealed, bound to `aad`.

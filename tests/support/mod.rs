@@ -8,6 +8,7 @@ pub mod browser;
 pub mod express;
 pub mod node;
 pub mod openid;
+pub mod redis;
 pub mod upbond;
 pub mod upstream;
 
@@ -38,6 +39,7 @@ pub struct Conf {
     log: Vec<String>,
     provider: Vec<String>,
     session: Vec<String>,
+    redis: Vec<String>,
     token: Vec<String>,
 }
 
@@ -60,8 +62,18 @@ impl Conf {
                 format!("cookie_secret = {COOKIE_SECRET:?}"),
                 "cookie_secure = false".into(),
             ],
+            redis: Vec::new(),
             token: Vec::new(),
         }
+    }
+    /// Shares sessions through the Redis at `url` (`session.store = "redis"`).
+    pub fn redis_store(self, url: &str) -> Self {
+        self.session("store = \"redis\"")
+            .redis(&format!("url = {url:?}"))
+    }
+    pub fn redis(mut self, line: &str) -> Self {
+        set(&mut self.redis, line);
+        self
     }
     /// Logs in with `emp` (its base URL, app key `demo-app-key`, `/profile` on).
     pub fn emp(self, base_url: &str) -> Self {
@@ -109,6 +121,11 @@ impl Conf {
             section("log", &self.log),
             section("provider", &self.provider),
             section("session", &self.session),
+            if self.redis.is_empty() {
+                String::new()
+            } else {
+                section("session.redis", &self.redis)
+            },
             section("token", &self.token),
             section("routes", &self.routes),
             section("headers", &self.headers),

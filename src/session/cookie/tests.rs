@@ -121,7 +121,13 @@ fn each_login_has_its_own_sealed_cookie_bound_to_its_state() {
     let name = |v: &HeaderValue| v.to_str().unwrap().split('=').next().unwrap().to_string();
     assert_ne!(name(&a), name(&b));
     assert!(name(&a).starts_with("_emp_csrf_"));
-    for flag in ["HttpOnly", "SameSite=Lax", "Path=/", "Secure", "Max-Age=600"] {
+    for flag in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/",
+        "Secure",
+        "Max-Age=600",
+    ] {
         assert!(a.to_str().unwrap().contains(flag), "{flag}");
     }
     // Nothing of the login is readable in the cookie.
@@ -172,7 +178,11 @@ fn a_browser_keeps_at_most_the_newest_login_cookies() {
             "state-{i} not dropped"
         );
     }
-    assert!(dropped.iter().all(|d| d.to_str().unwrap().contains("Max-Age=0")));
+    assert!(
+        dropped
+            .iter()
+            .all(|d| d.to_str().unwrap().contains("Max-Age=0"))
+    );
 }
 
 #[test]

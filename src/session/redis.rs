@@ -1,0 +1,563 @@
+//! The shared session store on Redis (or Valkey): standalone, Cluster or
+//! Sentinel, through fred (one client type for the three topologies, its
+//! own reconnection with backoff, a per-command timeout, a subscriber that
+//! resubscribes by itself, rustls on AWS-LC like the rest of the sidecar).
+//!
+//! What Redis holds, under `session.redis.key_prefix`:
+//! - `{<store key>}:s`: a hash `g` (the record's generation) and `d` (the
+//!   record, sealed under the session's own key, bound to the store key).
+//!   The store key is an HMAC of the session id under the session's secret
+//!   (`SessionKey::store_key`): neither it nor the record tells anything
+//!   without the browser's cookie. Its TTL is what is left of
+//!   `session.lifetime`, or `session.idle_timeout` when that is shorter,
+//!   slid by a throttled touch.
+//! - `state:<hash of state>`: a login's `state`, once consumed (single use
+//!   on every replica), for the login's lifetime.
+//! - Refresh leases and results (see [`crate::token_cache`]).
+//!
+//! The braces are a Cluster hash tag: every key of one session lives in
+//! one slot, so the scripts that touch several of them run there.
+//!
+//! In front of Redis sits this replica's moka cache: a request on a warm
+//! session makes no Redis call. A copy older than [`LOCAL_MAX_AGE`] is
+//! checked against Redis again (one `HMGET`), and every change or sign-out
+//! is published on `<prefix>events`, which drops the copy on every other
+//! replica at once. A lost message therefore keeps a signed-out session
+//! alive on another replica for at most [`LOCAL_MAX_AGE`]. While Redis is
+//! unreachable the cached copy is served as it is (its token is still
+//! checked for expiry), so users already seen keep working.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::prelude::{
+    ClientLike, Config, Error as FredError, ErrorKind, EventInterface, Expiration, HashesInterface,
+    KeysInterface, LuaInterface, PubsubInterface, ReconnectPolicy, ServerConfig, SetOptions,
+};
+use fred::types::Builder;
+use moka::sync::Cache;
+
+use super::{
+    IdentityRules, Session, SessionKey, SessionStore, StoreError, now_ms, record, state_digest,
+};
+use crate::config::{Problem, RedisConfig, RedisTopology, SessionConfig};
+use crate::metrics::{CacheResult, Metrics, StoreErrorKind, StoreOp};
+use crate::provider::BoxFuture;
+
+/// A cached copy is checked against Redis again when it is this old.
+pub const LOCAL_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Writes a new session: generation, sealed record, TTL.
+const INSERT: &str = r"
+redis.call('HSET', KEYS[1], 'g', ARGV[1], 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1";
+
+/// Replaces a record only at the generation it was read at (compare and
+/// set): a replica that lost the race cannot overwrite a newer record.
+/// The TTL is left as it is.
+const SAVE: &str = r"
+if redis.call('HGET', KEYS[1], 'g') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'g', ARGV[2], 'd', ARGV[3])
+return 1";
+
+/// A cached session and when it was last read from (or checked against) Redis.
+struct Cached {
+    session: Arc<Session>,
+    checked: Instant,
+}
+
+pub struct RedisStore {
+    client: fred::clients::Client,
+    subscriber: fred::clients::SubscriberClient,
+    prefix: String,
+    channel: String,
+    local: Cache<Box<str>, Arc<Cached>>,
+    rules: IdentityRules,
+    margin: Duration,
+    lifetime: Duration,
+    idle: Duration,
+    metrics: Arc<Metrics>,
+}
+
+fn problem(key: &str, message: String) -> Problem {
+    Problem {
+        key: key.into(),
+        message,
+        source: None,
+    }
+}
+
+/// The fred configuration for `cfg`: topology, credentials, TLS.
+fn fred_config(cfg: &RedisConfig) -> Result<Config, Problem> {
+    let host = |u: &url::Url| {
+        (
+            u.host_str().unwrap_or_default().to_string(),
+            u.port().unwrap_or(6379),
+        )
+    };
+    let (mut config, urls, key) = match &cfg.topology {
+        RedisTopology::Standalone(url) => (
+            Config::from_url_centralized(url.as_str())
+                .map_err(|e| problem("session.redis.url", e.details().to_string()))?,
+            vec![url.clone()],
+            "session.redis.url",
+        ),
+        RedisTopology::Cluster(urls) => {
+            let first = urls.first().ok_or_else(|| {
+                problem(
+                    "session.redis.cluster_urls",
+                    "needs at least one node".into(),
+                )
+            })?;
+            let mut c = Config::from_url_centralized(first.as_str())
+                .map_err(|e| problem("session.redis.cluster_urls", e.details().to_string()))?;
+            c.server = ServerConfig::new_clustered(urls.iter().map(host).collect());
+            (c, urls.clone(), "session.redis.cluster_urls")
+        }
+        RedisTopology::Sentinel { sentinels, master } => {
+            let config = Config {
+                server: ServerConfig::new_sentinel(
+                    sentinels.iter().map(host).collect(),
+                    master.clone(),
+                ),
+                ..Config::default()
+            };
+            (config, sentinels.clone(), "session.redis.sentinel_urls")
+        }
+    };
+    if let Some(password) = &cfg.password {
+        config.password = Some(String::from_utf8_lossy(password.expose()).into_owned());
+    }
+    config.fail_fast = false;
+    config.tls = None;
+    if urls.iter().any(|u| u.scheme() == "rediss") {
+        config.tls = Some(tls(cfg.ca_file.as_deref(), key)?.into());
+    } else if cfg.ca_file.is_some() {
+        return Err(problem(
+            "session.redis.ca_file",
+            "is only used with rediss:// URLs".into(),
+        ));
+    }
+    Ok(config)
+}
+
+/// rustls on AWS-LC with the system's roots and `ca_file`.
+fn tls(ca_file: Option<&std::path::Path>, key: &str) -> Result<rustls::ClientConfig, Problem> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| {
+                problem(
+                    "session.redis.ca_file",
+                    format!("cannot read PEM certificates from {}: {e}", path.display()),
+                )
+            })?;
+        for cert in certs {
+            roots.add(cert).map_err(|e| {
+                problem(
+                    "session.redis.ca_file",
+                    format!("invalid CA certificate: {e}"),
+                )
+            })?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| problem(key, format!("TLS set-up failed: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+/// Sorts a fred error into what the request path can tell the user.
+fn store_error(e: &FredError) -> StoreError {
+    match e.kind() {
+        ErrorKind::Timeout => StoreError::Timeout,
+        _ => StoreError::Unavailable(e.details().to_string()),
+    }
+}
+
+impl RedisStore {
+    /// Builds the clients; nothing connects until [`SessionStore::start`].
+    pub fn new(
+        cfg: &RedisConfig,
+        session: &SessionConfig,
+        rules: IdentityRules,
+        margin: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<RedisStore, Problem> {
+        let config = fred_config(cfg)?;
+        let mut builder = Builder::from_config(config);
+        let timeout = cfg.timeout;
+        builder
+            .with_performance_config(|p| p.default_command_timeout = timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout.max(Duration::from_secs(1));
+                c.internal_command_timeout = timeout.max(Duration::from_secs(1));
+                // A command that failed is not sent again behind the
+                // caller's back: the timeout is the whole budget.
+                c.max_command_attempts = 1;
+                // A server that stops answering (paused, partitioned) is
+                // given up on like one that closed the connection.
+                c.unresponsive.max_timeout = Some(timeout * 2);
+                c.unresponsive.interval = timeout.min(Duration::from_millis(500));
+            })
+            // Forever, from 100 ms up to 2 s apart.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2));
+        let key = match cfg.topology {
+            RedisTopology::Standalone(_) => "session.redis.url",
+            RedisTopology::Cluster(_) => "session.redis.cluster_urls",
+            RedisTopology::Sentinel { .. } => "session.redis.sentinel_urls",
+        };
+        let client = builder
+            .build()
+            .map_err(|e| problem(key, e.details().to_string()))?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|e| problem(key, e.details().to_string()))?;
+        Ok(RedisStore {
+            client,
+            subscriber,
+            prefix: cfg.key_prefix.clone(),
+            channel: format!("{}events", cfg.key_prefix),
+            local: Cache::builder()
+                .max_capacity(session.max_sessions)
+                .time_to_live(session.lifetime)
+                .time_to_idle(session.idle_timeout.min(session.lifetime))
+                .build(),
+            rules,
+            margin,
+            lifetime: session.lifetime,
+            idle: session.idle_timeout.min(session.lifetime),
+            metrics,
+        })
+    }
+
+    fn session_key(&self, key: &SessionKey) -> String {
+        format!("{}{{{}}}:s", self.prefix, key.store_key())
+    }
+
+    /// Times `call` as `op` and counts its failure.
+    async fn timed<T>(
+        &self,
+        op: StoreOp,
+        call: impl Future<Output = Result<T, FredError>>,
+    ) -> Result<T, StoreError> {
+        let start = Instant::now();
+        let result = call.await;
+        self.metrics
+            .observe_store(op, start.elapsed().as_secs_f64());
+        result.map_err(|e| {
+            let err = store_error(&e);
+            self.metrics.store_error(match err {
+                StoreError::Timeout => StoreErrorKind::Timeout,
+                StoreError::Unavailable(_) => StoreErrorKind::Unavailable,
+            });
+            err
+        })
+    }
+
+    /// How long the record should live from now: what is left of the
+    /// lifetime, or the idle timeout when that is shorter.
+    fn ttl(&self, session: &Session) -> Duration {
+        let age = Duration::from_millis(now_ms().saturating_sub(session.created_at));
+        self.lifetime.saturating_sub(age).min(self.idle)
+    }
+
+    /// Reads the session from Redis: `None` when there is none, or when
+    /// what is there does not open (counted as corrupt).
+    async fn load(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+        let (generation, data): (Option<String>, Option<Bytes>) = self
+            .timed(
+                StoreOp::Get,
+                self.client.hmget(self.session_key(key), vec!["g", "d"]),
+            )
+            .await?;
+        let (Some(generation), Some(data)) = (generation, data) else {
+            return Ok(None);
+        };
+        let session = generation.parse::<u64>().ok().and_then(|generation| {
+            let plain = key.record_key()?.open(key.store_key().as_bytes(), &data)?;
+            record::decode(&plain, &self.rules, self.margin, generation)
+        });
+        match session {
+            Some(s) => Ok(Some(Arc::new(s))),
+            None => {
+                self.metrics.store_error(StoreErrorKind::Corrupt);
+                tracing::warn!("a session record in Redis does not open: treated as no session");
+                Ok(None)
+            }
+        }
+    }
+
+    fn seal(&self, key: &SessionKey, session: &Session) -> Result<Bytes, StoreError> {
+        key.record_key()
+            .and_then(|k| k.seal(key.store_key().as_bytes(), &record::encode(session)))
+            .map(Bytes::from)
+            .ok_or_else(|| StoreError::Unavailable("cannot seal a session record".into()))
+    }
+
+    /// Tells the other replicas to drop their copy of this session.
+    async fn publish(&self, key: &SessionKey) {
+        let sent: Result<i64, StoreError> = self
+            .timed(
+                StoreOp::Publish,
+                self.client.publish(&self.channel, key.store_key()),
+            )
+            .await;
+        if let Err(e) = sent {
+            // Their copies age out within LOCAL_MAX_AGE.
+            tracing::warn!(error = %e, "cannot tell the other replicas about a session change");
+        }
+    }
+
+    /// Slides the idle timeout, at most once per tenth of it per replica.
+    fn touch_if_due(&self, key: &SessionKey, session: &Arc<Session>) {
+        if self.idle >= self.lifetime {
+            return; // the TTL set at login is the whole lifetime
+        }
+        let now = now_ms();
+        let last = session.touched_at.load(Ordering::Relaxed);
+        let every = (self.idle / 10).as_millis() as u64;
+        if now.saturating_sub(last) < every
+            || session
+                .touched_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let ttl = self.ttl(session);
+        let redis_key = self.session_key(key);
+        let client = self.client.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let touched: Result<bool, FredError> = client
+                .pexpire(redis_key, ttl.as_millis() as i64, None)
+                .await;
+            metrics.observe_store(StoreOp::Touch, start.elapsed().as_secs_f64());
+            if touched.is_err() {
+                metrics.store_error(StoreErrorKind::Unavailable);
+            }
+        });
+    }
+}
+
+impl SessionStore for RedisStore {
+    fn get<'a>(
+        &'a self,
+        key: &'a SessionKey,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>> {
+        Box::pin(async move {
+            let cached = self.local.get(key.store_key());
+            if let Some(c) = &cached
+                && c.checked.elapsed() < LOCAL_MAX_AGE
+            {
+                self.metrics.cache(CacheResult::Hit);
+                self.touch_if_due(key, &c.session);
+                return Ok(Some(c.session.clone()));
+            }
+            let loaded = match self.load(key).await {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    // Redis is out of reach: a copy this replica has is
+                    // still good (its token is checked for expiry).
+                    return match cached {
+                        Some(c) => {
+                            self.metrics.cache(CacheResult::Stale);
+                            Ok(Some(c.session.clone()))
+                        }
+                        None => Err(e),
+                    };
+                }
+            };
+            self.metrics.cache(CacheResult::Miss);
+            let Some(fresh) = loaded else {
+                self.local.invalidate(key.store_key());
+                return Ok(None);
+            };
+            // The same generation: keep this replica's copy (and its
+            // refresh state); a newer one replaces it.
+            let session = match cached {
+                Some(c)
+                    if c.session.generation.load(Ordering::Acquire)
+                        >= fresh.generation.load(Ordering::Acquire) =>
+                {
+                    c.session.clone()
+                }
+                _ => fresh,
+            };
+            self.local.insert(
+                key.store_key().into(),
+                Arc::new(Cached {
+                    session: session.clone(),
+                    checked: Instant::now(),
+                }),
+            );
+            Ok(Some(session))
+        })
+    }
+
+    fn insert<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        session: Arc<Session>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let data = self.seal(key, &session)?;
+            let generation = session.generation.load(Ordering::Acquire);
+            let ttl = self.ttl(&session).as_millis().max(1) as i64;
+            let args: Vec<fred::types::Value> = vec![
+                generation.to_string().into(),
+                data.into(),
+                ttl.to_string().into(),
+            ];
+            let _: i64 = self
+                .timed(
+                    StoreOp::Insert,
+                    self.client.eval(INSERT, vec![self.session_key(key)], args),
+                )
+                .await?;
+            self.local.insert(
+                key.store_key().into(),
+                Arc::new(Cached {
+                    session,
+                    checked: Instant::now(),
+                }),
+            );
+            Ok(())
+        })
+    }
+
+    fn remove<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.local.invalidate(key.store_key());
+            let _: i64 = self
+                .timed(StoreOp::Remove, self.client.del(self.session_key(key)))
+                .await?;
+            self.publish(key).await;
+            Ok(())
+        })
+    }
+
+    fn consume_state<'a>(
+        &'a self,
+        state: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let key = format!("{}state:{}", self.prefix, state_digest(state));
+            let ttl = ttl.max(Duration::from_millis(1)).as_millis() as i64;
+            let set: Option<String> = self
+                .timed(
+                    StoreOp::ConsumeState,
+                    self.client.set(
+                        key,
+                        "1",
+                        Some(Expiration::PX(ttl)),
+                        Some(SetOptions::NX),
+                        false,
+                    ),
+                )
+                .await?;
+            Ok(set.is_some())
+        })
+    }
+
+    fn save_refreshed<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        session: &'a Arc<Session>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let data = self.seal(key, session)?;
+            let expected = session.generation.load(Ordering::Acquire);
+            let args: Vec<fred::types::Value> = vec![
+                expected.to_string().into(),
+                (expected + 1).to_string().into(),
+                data.into(),
+            ];
+            let saved: i64 = self
+                .timed(
+                    StoreOp::Save,
+                    self.client.eval(SAVE, vec![self.session_key(key)], args),
+                )
+                .await?;
+            if saved == 1 {
+                session.generation.store(expected + 1, Ordering::Release);
+                self.publish(key).await;
+            } else {
+                // Another replica wrote first, or the session ended: the
+                // next request reads what Redis has.
+                self.local.invalidate(key.store_key());
+            }
+            Ok(saved == 1)
+        })
+    }
+
+    fn count(&self) -> u64 {
+        self.local.run_pending_tasks();
+        self.local.entry_count()
+    }
+
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let pong: Result<String, StoreError> =
+                self.timed(StoreOp::Ping, self.client.ping(None)).await;
+            pong.is_ok()
+        })
+    }
+
+    fn start(&self) {
+        // The connection tasks run by themselves; their handles are not needed.
+        drop(self.client.connect());
+        drop(self.subscriber.connect());
+        let subscriber = self.subscriber.clone();
+        let channel = self.channel.clone();
+        let local = self.local.clone();
+        let metrics = self.metrics.clone();
+        let mut messages = self.subscriber.message_rx();
+        let mut reconnects = self.subscriber.reconnect_rx();
+        tokio::spawn(async move {
+            // Resubscribes after every reconnection by itself.
+            let _manager = subscriber.manage_subscriptions();
+            if let Err(e) = subscriber.subscribe(channel.as_str()).await {
+                tracing::warn!(error = %e, "cannot subscribe to session changes yet; retrying on reconnect");
+            }
+            loop {
+                tokio::select! {
+                    message = messages.recv() => match message {
+                        Ok(m) => {
+                            if let Some(store_key) = m.value.as_str() {
+                                local.invalidate(store_key.as_ref());
+                                metrics.invalidations.inc();
+                            }
+                        }
+                        // Messages were missed: no copy can be trusted.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            local.invalidate_all();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    reconnected = reconnects.recv() => match reconnected {
+                        // Whatever was published while this replica was
+                        // away is lost: start over from Redis.
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            local.invalidate_all();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,276 @@
+//! One suite, run against every session store (as oauth2-proxy runs its
+//! store tests): the memory store, and a real redis-server. Stores are
+//! driven directly, as the login flow and the token cache use them.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use emp_sidecar::config::{Config, StoreKind};
+use emp_sidecar::metrics::Metrics;
+use emp_sidecar::provider::TokenSet;
+use emp_sidecar::session::memory::MemoryStore;
+use emp_sidecar::session::redis::RedisStore;
+use emp_sidecar::session::{IdentityRules, Session, SessionKey, SessionStore, Tokens};
+use support::Conf;
+use support::redis::Redis;
+use tokio::time::Instant;
+
+fn config(conf: Conf) -> Config {
+    let toml = conf
+        .claim("\"X-Auth-Request-User\" = \"/sub\"")
+        .toml()
+        .replace("{SIDECAR}", "127.0.0.1:4180");
+    Config::from_toml_str(&toml).expect("valid test config")
+}
+
+fn session(access_token: &str, user: &str, config: &Config) -> Arc<Session> {
+    let tokens = Tokens::issued(
+        TokenSet {
+            access_token: access_token.into(),
+            refresh_token: Some(format!("rt-of-{access_token}")),
+            expires_in: Duration::from_secs(600),
+            backend_url: Some("https://kr.lgthinq.example/".into()),
+        },
+        Instant::now(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let claims = serde_json::json!({"sub": user, "email": format!("{user}@example.com")});
+    let identity = IdentityRules::new(config).identity(&claims);
+    Arc::new(Session::new(tokens, &claims, identity))
+}
+
+/// A Redis store on `url` as one replica would build it, connected.
+async fn redis_store(config: &Config, metrics: Arc<Metrics>) -> Arc<RedisStore> {
+    let StoreKind::Redis(redis) = &config.session.store else {
+        panic!("not a redis configuration")
+    };
+    let store = Arc::new(
+        RedisStore::new(
+            redis,
+            &config.session,
+            IdentityRules::new(config),
+            Duration::from_secs(60),
+            metrics,
+        )
+        .unwrap(),
+    );
+    store.start();
+    for _ in 0..200 {
+        if store.ready().await {
+            return store;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the Redis store never became ready");
+}
+
+/// Polls `check` every 10 ms until it holds or `limit` has passed.
+async fn within<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The suite. `replica` is a second handle on the same shared store (a
+/// second sidecar process), or the same store for a per-process one.
+async fn suite(store: Arc<dyn SessionStore>, replica: Arc<dyn SessionStore>, config: &Config) {
+    // Nothing is there before it is stored.
+    let key = SessionKey::generate();
+    assert!(store.get(&key).await.unwrap().is_none());
+
+    // Stored, then read back (by the other replica too), tokens, claims
+    // and identity intact.
+    let s = session("at-1", "alice", config);
+    store.insert(&key, s.clone()).await.unwrap();
+    for (who, st) in [("store", &store), ("replica", &replica)] {
+        let got = st
+            .get(&key)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{who}: gone"));
+        let t = got.tokens();
+        assert_eq!(t.access_token, "at-1", "{who}");
+        assert_eq!(t.refresh_token.as_deref(), Some("rt-of-at-1"), "{who}");
+        assert_eq!(
+            t.backend_url.as_deref(),
+            Some("https://kr.lgthinq.example/")
+        );
+        assert!(
+            t.expires_at > Instant::now() + Duration::from_secs(590),
+            "{who}"
+        );
+        assert_eq!(got.subject.as_deref(), Some("alice"));
+        assert_eq!(got.identity.user.as_ref().unwrap(), "alice");
+        assert!(got.claims.contains("alice@example.com"));
+    }
+
+    // Another session's key, or the same id with another secret, finds nothing.
+    assert!(store.get(&SessionKey::generate()).await.unwrap().is_none());
+
+    // A refresh saved through one copy is what the other reads.
+    let on_replica = replica.get(&key).await.unwrap().unwrap();
+    let fresh = Tokens::issued(
+        TokenSet {
+            access_token: "at-2".into(),
+            refresh_token: Some("rt-2".into()),
+            expires_in: Duration::from_secs(600),
+            backend_url: None,
+        },
+        Instant::now(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    on_replica.set_tokens(fresh);
+    assert!(replica.save_refreshed(&key, &on_replica).await.unwrap());
+    // The other replica's cached copy is dropped by the change message,
+    // well within a second.
+    let propagated = within(Duration::from_secs(1), || async {
+        store
+            .get(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .tokens()
+            .access_token
+            == "at-2"
+    })
+    .await;
+    assert!(propagated, "the refresh did not reach the other replica");
+    // A copy read before that refresh cannot overwrite it.
+    assert!(!store.save_refreshed(&key, &s).await.unwrap() || Arc::ptr_eq(&store, &replica));
+
+    // Sign-out through one ends it for both.
+    replica.remove(&key).await.unwrap();
+    assert!(replica.get(&key).await.unwrap().is_none());
+    let ended = within(Duration::from_secs(1), || async {
+        store.get(&key).await.unwrap().is_none()
+    })
+    .await;
+    assert!(ended, "the sign-out did not reach the other replica");
+
+    // A login's state is accepted once, whichever replica sees it.
+    assert!(
+        store
+            .consume_state("state-1", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !replica
+            .consume_state("state-1", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .consume_state("state-1", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        replica
+            .consume_state("state-2", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn the_memory_store_passes_the_suite() {
+    let config = config(Conf::new("http://127.0.0.1:9"));
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(
+        100,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    ));
+    suite(store.clone(), store, &config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_standalone_passes_the_suite() {
+    let redis = Redis::start();
+    let config = config(Conf::new("http://127.0.0.1:9").redis_store(&redis.url()));
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let a = redis_store(&config, metrics.clone()).await;
+    let b = redis_store(&config, Arc::new(Metrics::new().unwrap())).await;
+    suite(a, b, &config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_holds_nothing_readable_and_a_corrupt_record_is_no_session() {
+    let redis = Redis::start();
+    let config = config(Conf::new("http://127.0.0.1:9").redis_store(&redis.url()));
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let store = redis_store(&config, metrics.clone()).await;
+    let key = SessionKey::generate();
+    let s = session("at-secret-value-1234", "alice", &config);
+    store.insert(&key, s.clone()).await.unwrap();
+    assert!(
+        store
+            .consume_state("state-secret-value", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+
+    // Nothing in any key or value reads as a token, a state, a claim.
+    let dump = redis.dump();
+    assert_eq!(dump.len(), 2, "{dump:?}");
+    for (k, v) in &dump {
+        let text = format!("{k} {}", String::from_utf8_lossy(v));
+        for secret in [
+            "at-secret-value",
+            "rt-of-at",
+            "state-secret-value",
+            "alice",
+            "kr.lgthinq",
+        ] {
+            assert!(!text.contains(secret), "{secret} readable in Redis: {text}");
+        }
+        assert!(k.starts_with("emp-sidecar:"), "{k}");
+    }
+    // The session key is named by the store key, which the cookie alone gives.
+    let session_key = format!("emp-sidecar:{{{}}}:s", key.store_key());
+    assert!(dump.iter().any(|(k, _)| *k == session_key));
+    // TTL: the session lifetime (12 h by default).
+    let ttl: i64 = redis.cli(&["PTTL", &session_key]).trim().parse().unwrap();
+    assert!(ttl > 43_000_000 && ttl <= 43_200_000, "{ttl}");
+
+    // Garbage where the record was: no session, counted, no panic; from a
+    // fresh replica that has no copy of its own.
+    redis.cli(&["HSET", &session_key, "d", "garbage-bytes"]);
+    let fresh = redis_store(&config, metrics.clone()).await;
+    assert!(fresh.get(&key).await.unwrap().is_none());
+    // A record sealed for another session (copied over) does not open either.
+    let other = SessionKey::generate();
+    store
+        .insert(&other, session("at-2", "bob", &config))
+        .await
+        .unwrap();
+    let other_key = format!("emp-sidecar:{{{}}}:s", other.store_key());
+    let sealed = redis.cli(&["--no-raw", "HGET", &other_key, "d"]);
+    assert!(!sealed.is_empty());
+    redis.cli(&["RENAME", &other_key, &session_key]);
+    let fresh = redis_store(&config, metrics.clone()).await;
+    assert!(fresh.get(&key).await.unwrap().is_none());
+    let text = String::from_utf8(metrics.render()).unwrap();
+    assert!(
+        text.contains("emp_sidecar_store_errors_total{kind=\"corrupt\"} 2"),
+        "{text}"
+    );
+    let _ = s.generation.load(Ordering::Relaxed);
+}
