@@ -143,6 +143,7 @@ impl Auth {
             Fresh::Valid(tokens) => Decision::Authenticated { session, tokens },
             Fresh::Ended => Decision::NeedsLogin,
             Fresh::Unavailable(e) => Decision::IdpUnavailable(e),
+            Fresh::StoreUnavailable(e) => Decision::StoreUnavailable(e),
         }
     }
 

@@ -71,6 +71,8 @@ struct State {
     refresh_delay: Duration,
     /// Replaces `options.token_lifetime` for tokens issued from now on.
     token_lifetime: Option<Duration>,
+    /// Refresh tokens are single use: each refresh answers a new one.
+    rotate: bool,
     down: bool,
     refreshes: usize,
     requests: Vec<Recorded>,
@@ -145,6 +147,12 @@ impl MockEmp {
             .state()
             .queued_errors
             .push_back((status, body.to_string()));
+    }
+
+    /// From now on every refresh answers a new refresh token and the one
+    /// presented stops working (single use), as rotating IdPs do.
+    pub fn set_rotate_refresh_tokens(&self, rotate: bool) {
+        self.shared.state().rotate = rotate;
     }
 
     /// Tokens issued from now on live `lifetime`.
@@ -452,6 +460,21 @@ async fn refresh_grant(shared: &Shared, q: &[(String, String)]) -> Resp {
     };
     st.refreshes += 1;
     let (at, lifetime) = issue_access_token(shared, &mut st, &user);
+    if st.rotate {
+        if let Some(old) = param(q, "refresh_token") {
+            st.refresh_tokens.remove(old);
+        }
+        let rt = format!("emp-rt-{}", random_token());
+        st.refresh_tokens.insert(rt.clone(), user);
+        return json_resp(
+            StatusCode::OK,
+            json!({
+                "access_token": at,
+                "expires_in": lifetime.as_secs().to_string(),
+                "refresh_token": rt,
+            }),
+        );
+    }
     // As documented: no refresh_token in a refresh answer.
     json_resp(
         StatusCode::OK,

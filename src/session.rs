@@ -159,6 +159,8 @@ pub enum Outcome {
     Refreshed,
     Ended,
     Failed(Arc<IdpError>),
+    /// The store could not say who refreshes.
+    StoreFailed(StoreError),
 }
 
 /// A refresh flight's outcome, once it has one.
@@ -270,6 +272,20 @@ impl Session {
         }
     }
 
+    /// Takes over the tokens and generation of a newer copy of this
+    /// session (another replica's refresh).
+    pub fn adopt(&self, newer: &Session) {
+        let tokens = newer.tokens();
+        match self.tokens.lock() {
+            Ok(mut t) => *t = tokens,
+            Err(poisoned) => *poisoned.into_inner() = tokens,
+        }
+        self.generation.store(
+            newer.generation.load(std::sync::atomic::Ordering::Acquire),
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+
     pub fn set_tokens(&self, tokens: Tokens) {
         let new = Arc::new(tokens);
         match self.tokens.lock() {
@@ -308,16 +324,41 @@ pub trait SessionStore: Send + Sync {
         state: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Before a refresh: whether this replica refreshes (it then holds
+    /// the session's refresh lease until the guard drops) or another
+    /// replica already did (the session now holds its tokens).
+    fn refresh_turn<'a>(
+        &'a self,
+        _key: &'a SessionKey,
+        _session: &'a Arc<Session>,
+    ) -> BoxFuture<'a, Result<RefreshTurn, StoreError>> {
+        // One process: the token cache's single flight is the lock.
+        Box::pin(std::future::ready(Ok(
+            RefreshTurn::Mine(LeaseGuard::none()),
+        )))
+    }
     /// After a refresh: stores the session's new tokens, if the stored
-    /// record is still at the generation this copy was read at. `false`:
+    /// record is still at the generation this copy was read at, and keeps
+    /// a note of it under `old_refresh_token` for a while. `false`:
     /// another replica wrote first, or the session ended.
     fn save_refreshed<'a>(
         &'a self,
         _key: &'a SessionKey,
         _session: &'a Arc<Session>,
+        _old_refresh_token: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         // One process: the session object is the record.
         Box::pin(std::future::ready(Ok(true)))
+    }
+    /// When the IdP refused `old_refresh_token`: whether another replica
+    /// refreshed with it a moment ago (the session then holds its result).
+    fn refreshed_elsewhere<'a>(
+        &'a self,
+        _key: &'a SessionKey,
+        _session: &'a Arc<Session>,
+        _old_refresh_token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(std::future::ready(Ok(false)))
     }
     /// Sessions held now (approximate), for `emp_sidecar_sessions_active`.
     fn count(&self) -> u64;
@@ -327,6 +368,35 @@ pub trait SessionStore: Send + Sync {
     /// Whether the store can serve now (`/ready`).
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(std::future::ready(true))
+    }
+}
+
+/// Who refreshes a shared session ([`SessionStore::refresh_turn`]).
+pub enum RefreshTurn {
+    /// This replica: it holds the lease while the guard lives.
+    Mine(LeaseGuard),
+    /// Another replica refreshed meanwhile; the session holds its tokens.
+    Adopted,
+    /// The session is gone from the store (signed out, expired).
+    Ended,
+}
+
+/// Holds a refresh lease; dropping it releases the lease.
+pub struct LeaseGuard {
+    _held: Option<Box<dyn Send + Sync>>,
+}
+
+impl LeaseGuard {
+    /// No lease to hold (a store that needs none).
+    pub fn none() -> LeaseGuard {
+        LeaseGuard { _held: None }
+    }
+
+    /// A lease held by `held`, whose `Drop` releases it.
+    pub fn new(held: impl Send + Sync + 'static) -> LeaseGuard {
+        LeaseGuard {
+            _held: Some(Box::new(held)),
+        }
     }
 }
 

@@ -26,7 +26,9 @@ use tokio::time::Instant;
 
 use crate::metrics::{Endpoint, Metrics, RefreshResult};
 use crate::provider::{IdpError, Provider};
-use crate::session::{Flight, Outcome, Session, SessionKey, SessionStore, Tokens};
+use crate::session::{
+    Flight, Outcome, RefreshTurn, Session, SessionKey, SessionStore, StoreError, Tokens,
+};
 
 /// Attempts per refresh, and the pause before each retry.
 const RETRY_BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
@@ -42,6 +44,9 @@ pub enum Fresh {
     Ended,
     /// The token has expired and the IdP cannot refresh it right now.
     Unavailable(Arc<IdpError>),
+    /// The token has expired and the session store cannot be reached to
+    /// coordinate its refresh.
+    StoreUnavailable(StoreError),
 }
 
 pub struct TokenCache {
@@ -109,6 +114,7 @@ impl TokenCache {
             }
             Ok(Outcome::Ended) => Fresh::Ended,
             Ok(Outcome::Failed(e)) => Fresh::Unavailable(e),
+            Ok(Outcome::StoreFailed(e)) => Fresh::StoreUnavailable(e),
             Err(_) => Fresh::Unavailable(Arc::new(IdpError::Timeout {
                 endpoint: Endpoint::Refresh,
             })),
@@ -128,38 +134,74 @@ impl TokenCache {
         let session = session.clone();
         let key = key.clone();
         tokio::spawn(async move {
-            let current = session.tokens();
-            let outcome = match cache.refresh(&session, &current).await {
-                Ok(()) => {
-                    session.refresh.set_cool_down(None);
-                    match cache.store.save_refreshed(&key, &session).await {
-                        Ok(true) => {}
-                        Ok(false) => tracing::debug!(
-                            "another replica stored a newer copy of the session first"
-                        ),
-                        // This replica goes on with the new tokens; the
-                        // others refresh on their own when theirs run out.
-                        Err(e) => tracing::warn!(error = %e, "cannot store refreshed tokens"),
-                    }
-                    Outcome::Refreshed
-                }
-                Err(Some(e)) if e.is_transient() => {
-                    let e = Arc::new(e);
-                    let until = Instant::now() + COOL_DOWN;
-                    session.refresh.set_cool_down(Some((until, e.clone())));
-                    Outcome::Failed(e)
-                }
-                Err(_) => {
-                    // A store that cannot be reached now lets the record
-                    // expire on its own; this process forgets it at once.
-                    let _ = cache.store.remove(&key).await;
-                    Outcome::Ended
-                }
-            };
+            let outcome = cache.fly(&key, &session).await;
             session.refresh.land();
             let _ = tx.send(Some(outcome));
         });
         flight
+    }
+
+    /// The flight itself: the store says whether this replica refreshes
+    /// (holding the session's lease across replicas) or another already
+    /// did; then the IdP call with its retries, and the fenced write.
+    async fn fly(&self, key: &SessionKey, session: &Arc<Session>) -> Outcome {
+        let _lease = match self.store.refresh_turn(key, session).await {
+            Ok(RefreshTurn::Mine(lease)) => lease,
+            Ok(RefreshTurn::Adopted) => {
+                session.refresh.set_cool_down(None);
+                return Outcome::Refreshed;
+            }
+            Ok(RefreshTurn::Ended) => return Outcome::Ended,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot coordinate a token refresh");
+                return Outcome::StoreFailed(e);
+            }
+        };
+        let current = session.tokens();
+        let old_refresh_token = current.refresh_token.as_deref().unwrap_or_default();
+        match self.refresh(session, &current).await {
+            Ok(()) => {
+                session.refresh.set_cool_down(None);
+                match self
+                    .store
+                    .save_refreshed(key, session, old_refresh_token)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!("another replica stored a newer copy of the session first")
+                    }
+                    // This replica goes on with the new tokens; the others
+                    // refresh on their own when theirs run out.
+                    Err(e) => tracing::warn!(error = %e, "cannot store refreshed tokens"),
+                }
+                Outcome::Refreshed
+            }
+            Err(Some(e)) if e.is_transient() => {
+                let e = Arc::new(e);
+                let until = Instant::now() + COOL_DOWN;
+                session.refresh.set_cool_down(Some((until, e.clone())));
+                Outcome::Failed(e)
+            }
+            Err(refused) => {
+                // A rotating IdP refuses a refresh token used once already:
+                // another replica may have done just that a moment ago.
+                if refused.is_some()
+                    && matches!(
+                        self.store
+                            .refreshed_elsewhere(key, session, old_refresh_token)
+                            .await,
+                        Ok(true)
+                    )
+                {
+                    return Outcome::Refreshed;
+                }
+                // A store that cannot be reached now lets the record
+                // expire on its own; this process forgets it at once.
+                let _ = self.store.remove(key).await;
+                Outcome::Ended
+            }
+        }
     }
 
     /// One refresh with retries on transient failures. `Err(None)` means

@@ -134,3 +134,149 @@ async fn two_tabs_log_in_at_once_across_replicas_and_a_restart_logs_nobody_out()
         assert_eq!(seen(&echo, "x-auth-request-user"), ["alice"]);
     }
 }
+
+/// The refresh requests the mock EMP received: (refresh token, answered).
+fn refresh_requests(emp: &emp_sidecar::mock_emp::MockEmp) -> Vec<String> {
+    emp.requests()
+        .into_iter()
+        .filter(|r| r.path == "/token")
+        .filter_map(|r| {
+            let q: std::collections::HashMap<_, _> = r.query.into_iter().collect();
+            (q.get("grant_type").map(String::as_str) == Some("refresh_token"))
+                .then(|| q["refresh_token"].clone())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refresh_window_sees_one_refresh_across_replicas_with_rotating_tokens() {
+    let redis = Redis::start();
+    let up = upstream::start(None).await;
+    // 2 s tokens: a refresh is due 1 s after each is issued.
+    let emp = support::mock_emp(Duration::from_secs(2)).await;
+    emp.set_rotate_refresh_tokens(true);
+    let conf = Conf::new(&up.url())
+        .emp(&emp.base_url())
+        .redis_store(&redis.url());
+    let (r, _dirs) = replicas(&conf, 3);
+    let mut b = Browser::new();
+    let resp = b.login(&r[0].url("/app/echo"), "alice").await;
+    assert_eq!(Browser::location(&resp), "/app/echo");
+    let cookie = b.cookie_header();
+
+    // Rounds of 300 concurrent requests, 100 per replica, until three
+    // refresh windows have passed (bounded: 20 s).
+    let started = Instant::now();
+    let mut tokens_seen = std::collections::HashSet::new();
+    let mut requests = 0;
+    while emp.refreshes() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "fewer than 3 refreshes in 20 s"
+        );
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let url = r[i % 3].url("/app/echo");
+            let cookie = cookie.clone();
+            tasks.push(tokio::spawn(async move {
+                let resp = support::http_client()
+                    .get(url)
+                    .header("cookie", cookie)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                let echo: serde_json::Value = resp.json().await.unwrap_or_default();
+                (status, seen(&echo, "authorization"))
+            }));
+        }
+        for t in tasks {
+            let (status, auth) = t.await.unwrap();
+            assert_eq!(status, 200, "a request failed: the session was lost");
+            let token = auth[0].strip_prefix("Bearer ").unwrap().to_string();
+            tokens_seen.insert(token);
+            requests += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every token the upstream saw was one the IdP issued, and no refresh
+    // token was ever presented twice (a second use would have ended the
+    // session: the mock rotates them).
+    let presented = refresh_requests(&emp);
+    let distinct: std::collections::HashSet<_> = presented.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        presented.len(),
+        "a refresh token was used twice"
+    );
+    assert_eq!(emp.refreshes(), presented.len(), "a refresh was refused");
+    assert_eq!(
+        tokens_seen.len(),
+        presented.len() + 1,
+        "{} requests",
+        requests
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_while_refreshing_is_taken_over_and_the_session_survives() {
+    let redis = Redis::start();
+    let up = upstream::start(None).await;
+    let emp = support::mock_emp(Duration::from_secs(3)).await;
+    emp.set_rotate_refresh_tokens(true);
+    let conf = Conf::new(&up.url())
+        .emp(&emp.base_url())
+        .redis_store(&redis.url());
+    let (mut r, _dirs) = replicas(&conf, 2);
+    let mut b = Browser::new();
+    b.login(&r[0].url("/app/echo"), "alice").await;
+    let first = seen(&b.echo(&r[1].url("/app/echo")).await, "authorization");
+
+    // Replica A starts the refresh (due after 1.5 s) and the IdP takes 2 s
+    // to answer; A is killed in the middle of it.
+    emp.set_refresh_delay(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    b.echo(&r[0].url("/app/echo")).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refresh_requests(&emp).is_empty() {
+        assert!(Instant::now() < deadline, "A never started the refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r[0].signal("KILL");
+    r[0].wait_exit(Duration::from_secs(10));
+
+    // B keeps being asked; once A's lease has run out (5 s) it refreshes
+    // with the same, unused refresh token, and the session goes on.
+    let cookie = b.cookie_header();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let renewed = loop {
+        let resp = support::http_client()
+            .get(r[1].url("/app/echo"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(resp.status(), 401, "the session was lost");
+        if resp.status() == 200 {
+            let auth = seen(&resp.json().await.unwrap(), "authorization");
+            if auth != first {
+                break auth;
+            }
+        }
+        assert!(Instant::now() < deadline, "B never took the refresh over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let token = renewed[0].strip_prefix("Bearer ").unwrap();
+    assert!(emp.access_token_valid(token));
+    let presented = refresh_requests(&emp);
+    assert_eq!(presented.len(), 2, "A's refresh, then B's: {presented:?}");
+    assert_eq!(
+        presented[0], presented[1],
+        "B used the token A never got to rotate"
+    );
+    let metrics = support::get_text(&r[1].url("/metrics")).await;
+    assert!(
+        metrics.contains("emp_sidecar_refresh_locks_total{result=\"taken_over\"} 1"),
+        "{metrics}"
+    );
+}

@@ -136,7 +136,12 @@ async fn suite(store: Arc<dyn SessionStore>, replica: Arc<dyn SessionStore>, con
     )
     .unwrap();
     on_replica.set_tokens(fresh);
-    assert!(replica.save_refreshed(&key, &on_replica).await.unwrap());
+    assert!(
+        replica
+            .save_refreshed(&key, &on_replica, "rt-of-at-1")
+            .await
+            .unwrap()
+    );
     // The other replica's cached copy is dropped by the change message,
     // well within a second.
     let propagated = within(Duration::from_secs(1), || async {
@@ -152,7 +157,10 @@ async fn suite(store: Arc<dyn SessionStore>, replica: Arc<dyn SessionStore>, con
     .await;
     assert!(propagated, "the refresh did not reach the other replica");
     // A copy read before that refresh cannot overwrite it.
-    assert!(!store.save_refreshed(&key, &s).await.unwrap() || Arc::ptr_eq(&store, &replica));
+    assert!(
+        !store.save_refreshed(&key, &s, "rt-of-at-1").await.unwrap()
+            || Arc::ptr_eq(&store, &replica)
+    );
 
     // Sign-out through one ends it for both.
     replica.remove(&key).await.unwrap();
@@ -273,4 +281,96 @@ async fn redis_holds_nothing_readable_and_a_corrupt_record_is_no_session() {
         "{text}"
     );
     let _ = s.generation.load(Ordering::Relaxed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_holds_the_refresh_lease_and_the_others_adopt_its_result() {
+    use emp_sidecar::session::RefreshTurn;
+    let redis = Redis::start();
+    let config = config(Conf::new("http://127.0.0.1:9").redis_store(&redis.url()));
+    let ma = Arc::new(Metrics::new().unwrap());
+    let mb = Arc::new(Metrics::new().unwrap());
+    let a = redis_store(&config, ma.clone()).await;
+    let b = redis_store(&config, mb.clone()).await;
+    let key = SessionKey::generate();
+    a.insert(&key, session("at-1", "alice", &config))
+        .await
+        .unwrap();
+    let on_a = a.get(&key).await.unwrap().unwrap();
+    let on_b = b.get(&key).await.unwrap().unwrap();
+
+    // A takes the lease; B, asking at the same time, waits for A's result.
+    let RefreshTurn::Mine(lease) = a.refresh_turn(&key, &on_a).await.unwrap() else {
+        panic!("A should refresh")
+    };
+    let waiting = {
+        let (b, key, on_b) = (b.clone(), key.clone(), on_b.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let turn = b.refresh_turn(&key, &on_b).await.unwrap();
+            (matches!(turn, RefreshTurn::Adopted), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "B did not wait for the lease");
+    on_a.set_tokens(
+        Tokens::issued(
+            TokenSet {
+                access_token: "at-2".into(),
+                refresh_token: Some("rt-2".into()),
+                expires_in: Duration::from_secs(600),
+                backend_url: None,
+            },
+            Instant::now(),
+            Duration::from_secs(60),
+        )
+        .unwrap(),
+    );
+    assert!(a.save_refreshed(&key, &on_a, "rt-of-at-1").await.unwrap());
+    drop(lease);
+    let (adopted, waited) = waiting.await.unwrap();
+    assert!(adopted, "B refreshed again instead of taking A's result");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    assert_eq!(on_b.tokens().access_token, "at-2");
+
+    // A replica still holding the old refresh token, refused by the IdP,
+    // finds the result under it instead of ending the session.
+    let c = redis_store(&config, Arc::new(Metrics::new().unwrap())).await;
+    let stale = session("at-1", "alice", &config);
+    assert!(
+        c.refreshed_elsewhere(&key, &stale, "rt-of-at-1")
+            .await
+            .unwrap()
+    );
+    assert_eq!(stale.tokens().access_token, "at-2");
+    assert!(
+        !c.refreshed_elsewhere(&key, &stale, "never-used")
+            .await
+            .unwrap()
+    );
+
+    // A holder that died: its lease (here set by hand, 500 ms) runs out
+    // and the next replica takes over.
+    let lease_key = format!("emp-sidecar:{{{}}}:l", key.store_key());
+    redis.cli(&["SET", &lease_key, "dead-holder", "PX", "500"]);
+    let started = Instant::now();
+    let turn = b.refresh_turn(&key, &on_b).await.unwrap();
+    assert!(matches!(turn, RefreshTurn::Mine(_)));
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = String::from_utf8(mb.render()).unwrap();
+    for line in [
+        "emp_sidecar_refresh_locks_total{result=\"waited\"} 1",
+        "emp_sidecar_refresh_locks_total{result=\"taken_over\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    assert!(
+        String::from_utf8(ma.render())
+            .unwrap()
+            .contains("emp_sidecar_refresh_locks_total{result=\"acquired\"} 1")
+    );
 }

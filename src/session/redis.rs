@@ -40,10 +40,11 @@ use fred::types::Builder;
 use moka::sync::Cache;
 
 use super::{
-    IdentityRules, Session, SessionKey, SessionStore, StoreError, now_ms, record, state_digest,
+    IdentityRules, LeaseGuard, RefreshTurn, Session, SessionKey, SessionStore, StoreError, now_ms,
+    record, state_digest,
 };
 use crate::config::{Problem, RedisConfig, RedisTopology, SessionConfig};
-use crate::metrics::{CacheResult, Metrics, StoreErrorKind, StoreOp};
+use crate::metrics::{CacheResult, LockResult, Metrics, StoreErrorKind, StoreOp};
 use crate::provider::BoxFuture;
 
 /// A cached copy is checked against Redis again when it is this old.
@@ -56,12 +57,40 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1";
 
 /// Replaces a record only at the generation it was read at (compare and
-/// set): a replica that lost the race cannot overwrite a newer record.
-/// The TTL is left as it is.
+/// set): a replica that lost its lease cannot overwrite a newer record.
+/// The TTL is left as it is. The new generation is also noted under the
+/// old refresh token's hash (KEYS[2]) for a while: a replica that still
+/// holds that token and is refused by the IdP finds the result there.
 const SAVE: &str = r"
 if redis.call('HGET', KEYS[1], 'g') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'g', ARGV[2], 'd', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 return 1";
+
+/// Extends a lease only while it is still ours (compare and extend).
+const EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
+/// Releases a lease only while it is still ours (compare and delete).
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+/// A refresh lease lives this long unless its holder renews it, which it
+/// does every third of it while the IdP call runs: a holder that dies
+/// frees the session for another replica within this time.
+pub const LEASE_TTL: Duration = Duration::from_secs(5);
+/// The longest a replica waits for another's refresh before giving up
+/// (the request then gets 503; the next one tries again).
+const TURN_WAIT: Duration = Duration::from_secs(15);
+/// How long the result of a refresh is kept under the old refresh token.
+const RESULT_TTL: Duration = Duration::from_secs(60);
+/// Waiters are woken by the change message; without one they look again
+/// this often.
+const POLL: Duration = Duration::from_millis(100);
 
 /// A cached session and when it was last read from (or checked against) Redis.
 struct Cached {
@@ -245,6 +274,94 @@ impl RedisStore {
         format!("{}{{{}}}:s", self.prefix, key.store_key())
     }
 
+    fn lease_key(&self, key: &SessionKey) -> String {
+        format!("{}{{{}}}:l", self.prefix, key.store_key())
+    }
+
+    /// Where a refresh's result is noted, by the hash of the refresh token
+    /// it used (with the store key, so equal tokens of two sessions differ).
+    fn result_key(&self, key: &SessionKey, old_refresh_token: &str) -> String {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(key.store_key().as_bytes());
+        h.update(old_refresh_token.as_bytes());
+        let hash = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finalize());
+        format!("{}{{{}}}:r:{hash}", self.prefix, key.store_key())
+    }
+
+    /// Takes over what Redis has if it is newer than `session`; whether it was.
+    fn adopt_if_newer(&self, key: &SessionKey, session: &Arc<Session>, fresh: &Session) -> bool {
+        if fresh.generation.load(Ordering::Acquire) <= session.generation.load(Ordering::Acquire) {
+            return false;
+        }
+        session.adopt(fresh);
+        self.local.insert(
+            key.store_key().into(),
+            Arc::new(Cached {
+                session: session.clone(),
+                checked: Instant::now(),
+            }),
+        );
+        true
+    }
+
+    /// Holds the lease `token` on `lease_key`: renews it every third of its
+    /// life until dropped, then releases it (compare and delete).
+    fn hold_lease(&self, lease_key: String, token: String) -> LeaseGuard {
+        let client = self.client.clone();
+        let (k, t) = (lease_key.clone(), token.clone());
+        let renew = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE_TTL / 3).await;
+                let args: Vec<fred::types::Value> = vec![
+                    t.clone().into(),
+                    (LEASE_TTL.as_millis() as i64).to_string().into(),
+                ];
+                let kept: Result<i64, FredError> = client.eval(EXTEND, vec![k.clone()], args).await;
+                if !matches!(kept, Ok(1)) {
+                    // Lost (expired, or Redis unreachable): the fenced
+                    // write will tell whether the result can be kept.
+                    tracing::warn!("lost the refresh lease while the identity provider answered");
+                    return;
+                }
+            }
+        });
+        LeaseGuard::new(Lease {
+            client: self.client.clone(),
+            key: lease_key,
+            token,
+            renew,
+        })
+    }
+}
+
+/// A held refresh lease: renewed while it lives, released when dropped.
+struct Lease {
+    client: fred::clients::Client,
+    key: String,
+    token: String,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renew.abort();
+        let (client, key, token) = (
+            self.client.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                // Not released: it expires within LEASE_TTL.
+                let _: Result<i64, FredError> = client.eval(RELEASE, vec![key], vec![token]).await;
+            });
+        }
+    }
+}
+
+impl RedisStore {
     /// Times `call` as `op` and counts its failure.
     async fn timed<T>(
         &self,
@@ -473,10 +590,89 @@ impl SessionStore for RedisStore {
         })
     }
 
+    fn refresh_turn<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        session: &'a Arc<Session>,
+    ) -> BoxFuture<'a, Result<RefreshTurn, StoreError>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + TURN_WAIT;
+            let mut messages = self.subscriber.message_rx();
+            let mut held_elsewhere = false;
+            loop {
+                // Another replica may have refreshed already.
+                match self.load(key).await? {
+                    None => {
+                        self.local.invalidate(key.store_key());
+                        return Ok(RefreshTurn::Ended);
+                    }
+                    Some(fresh) if self.adopt_if_newer(key, session, &fresh) => {
+                        self.metrics.refresh_lock(LockResult::Waited);
+                        return Ok(RefreshTurn::Adopted);
+                    }
+                    Some(_) => {}
+                }
+                let token = super::random_token();
+                let lease_key = self.lease_key(key);
+                let taken: Option<String> = self
+                    .timed(
+                        StoreOp::Lease,
+                        self.client.set(
+                            lease_key.clone(),
+                            token.clone(),
+                            Some(Expiration::PX(LEASE_TTL.as_millis() as i64)),
+                            Some(SetOptions::NX),
+                            false,
+                        ),
+                    )
+                    .await?;
+                if taken.is_some() {
+                    // The record may have moved between the look and the
+                    // lease: look once more, now that nobody else can.
+                    if let Some(fresh) = self.load(key).await?
+                        && self.adopt_if_newer(key, session, &fresh)
+                    {
+                        let _: Result<i64, FredError> = self
+                            .client
+                            .eval(RELEASE, vec![lease_key], vec![token])
+                            .await;
+                        self.metrics.refresh_lock(LockResult::Waited);
+                        return Ok(RefreshTurn::Adopted);
+                    }
+                    self.metrics.refresh_lock(if held_elsewhere {
+                        LockResult::TakenOver
+                    } else {
+                        LockResult::Acquired
+                    });
+                    return Ok(RefreshTurn::Mine(self.hold_lease(lease_key, token)));
+                }
+                held_elsewhere = true;
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Timeout);
+                }
+                // Woken by the holder's change message, or look again soon.
+                let wait = async {
+                    loop {
+                        match messages.recv().await {
+                            Ok(m) if m.value.as_str().as_deref() == Some(key.store_key()) => return,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                std::future::pending::<()>().await
+                            }
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(POLL, wait).await;
+            }
+        })
+    }
+
     fn save_refreshed<'a>(
         &'a self,
         key: &'a SessionKey,
         session: &'a Arc<Session>,
+        old_refresh_token: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let data = self.seal(key, session)?;
@@ -485,12 +681,14 @@ impl SessionStore for RedisStore {
                 expected.to_string().into(),
                 (expected + 1).to_string().into(),
                 data.into(),
+                (RESULT_TTL.as_millis() as i64).to_string().into(),
+            ];
+            let keys = vec![
+                self.session_key(key),
+                self.result_key(key, old_refresh_token),
             ];
             let saved: i64 = self
-                .timed(
-                    StoreOp::Save,
-                    self.client.eval(SAVE, vec![self.session_key(key)], args),
-                )
+                .timed(StoreOp::Save, self.client.eval(SAVE, keys, args))
                 .await?;
             if saved == 1 {
                 session.generation.store(expected + 1, Ordering::Release);
@@ -501,6 +699,29 @@ impl SessionStore for RedisStore {
                 self.local.invalidate(key.store_key());
             }
             Ok(saved == 1)
+        })
+    }
+
+    fn refreshed_elsewhere<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        session: &'a Arc<Session>,
+        old_refresh_token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let noted: Option<String> = self
+                .timed(
+                    StoreOp::Get,
+                    self.client.get(self.result_key(key, old_refresh_token)),
+                )
+                .await?;
+            if noted.is_none() {
+                return Ok(false);
+            }
+            Ok(match self.load(key).await? {
+                Some(fresh) => self.adopt_if_newer(key, session, &fresh),
+                None => false,
+            })
         })
     }
 
