@@ -186,7 +186,10 @@ async fn each_refresh_window_sees_one_refresh_across_replicas_with_rotating_toke
                     .await
                     .unwrap();
                 let status = resp.status();
-                let echo: serde_json::Value = resp.json().await.unwrap_or_default();
+                if status != 200 {
+                    return (status, Vec::new());
+                }
+                let echo: serde_json::Value = resp.json().await.unwrap();
                 (status, seen(&echo, "authorization"))
             }));
         }
