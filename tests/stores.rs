@@ -374,3 +374,82 @@ async fn one_replica_holds_the_refresh_lease_and_the_others_adopt_its_result() {
             .contains("emp_sidecar_refresh_locks_total{result=\"acquired\"} 1")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_master_redis_cluster_passes_the_suite() {
+    let cluster = support::redis::Cluster::start();
+    let config = config(
+        Conf::new("http://127.0.0.1:9")
+            .session("store = \"redis\"")
+            .redis(&format!("cluster_urls = {:?}", cluster.urls())),
+    );
+    let a = redis_store(&config, Arc::new(Metrics::new().unwrap())).await;
+    let b = redis_store(&config, Arc::new(Metrics::new().unwrap())).await;
+    suite(a.clone(), b, &config).await;
+    // Sessions spread over the masters (each session's keys in one slot).
+    for _ in 0..30 {
+        a.insert(&SessionKey::generate(), session("at", "u", &config))
+            .await
+            .unwrap();
+    }
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.cli(&["DBSIZE"]).trim() != "0")
+        .count();
+    assert_eq!(holding, 3, "every master holds sessions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_a_sentinel_failover() {
+    let set = support::redis::Sentinel::start();
+    let config = config(
+        Conf::new("http://127.0.0.1:9")
+            .session("store = \"redis\"")
+            .redis(&format!(
+                "sentinel_urls = [{:?}]\nsentinel_master = \"mymaster\"",
+                set.sentinel.url()
+            )),
+    );
+    let a = redis_store(&config, Arc::new(Metrics::new().unwrap())).await;
+    let mut keys = Vec::new();
+    for i in 0..20 {
+        let key = SessionKey::generate();
+        a.insert(&key, session(&format!("at-{i}"), "alice", &config))
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    // Replicated before the switch (as it would be by then in production).
+    assert_eq!(set.master.cli(&["WAIT", "1", "5000"]).trim(), "1");
+    set.failover();
+
+    // A replica that starts now finds every session on the new master,
+    // and the one that was running writes there within a bounded time.
+    let fresh = redis_store(&config, Arc::new(Metrics::new().unwrap())).await;
+    for (i, key) in keys.iter().enumerate() {
+        let s = fresh
+            .get(key)
+            .await
+            .unwrap()
+            .expect("session lost in the failover");
+        assert_eq!(s.tokens().access_token, format!("at-{i}"));
+    }
+    // (Until the sentinel has demoted the old master, a write may still
+    // land there and be lost: Redis replication is asynchronous.)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let key = SessionKey::generate();
+        let written = a
+            .insert(&key, session("after", "bob", &config))
+            .await
+            .is_ok();
+        let on_new_master = format!("emp-sidecar:{{{}}}:s", key.store_key());
+        if written && set.replica.cli(&["EXISTS", &on_new_master]).trim() == "1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no writes reach the new master");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    suite(fresh, a, &config).await;
+}

@@ -101,6 +101,11 @@ struct Cached {
 pub struct RedisStore {
     client: fred::clients::Client,
     subscriber: fred::clients::SubscriberClient,
+    /// Sentinel only: one subscriber per sentinel, listening for
+    /// `+switch-master`, so a failover moves this replica to the new master
+    /// at once rather than when the old one has been demoted (seconds
+    /// later, with the writes of that window lost).
+    sentinels: Vec<fred::clients::SubscriberClient>,
     prefix: String,
     channel: String,
     local: Cache<Box<str>, Arc<Cached>>,
@@ -252,9 +257,29 @@ impl RedisStore {
         let subscriber = builder
             .build_subscriber_client()
             .map_err(|e| problem(key, e.details().to_string()))?;
+        let sentinels = match &cfg.topology {
+            RedisTopology::Sentinel { sentinels, .. } => sentinels
+                .iter()
+                .map(|url| {
+                    let mut c = Config::from_url_centralized(url.as_str())
+                        .map_err(|e| problem(key, e.details().to_string()))?;
+                    c.fail_fast = false;
+                    c.tls = None;
+                    if url.scheme() == "rediss" {
+                        c.tls = Some(tls(cfg.ca_file.as_deref(), key)?.into());
+                    }
+                    Builder::from_config(c)
+                        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
+                        .build_subscriber_client()
+                        .map_err(|e| problem(key, e.details().to_string()))
+                })
+                .collect::<Result<Vec<_>, Problem>>()?,
+            _ => Vec::new(),
+        };
         Ok(RedisStore {
             client,
             subscriber,
+            sentinels,
             prefix: cfg.key_prefix.clone(),
             channel: format!("{}events", cfg.key_prefix),
             local: Cache::builder()
@@ -742,6 +767,24 @@ impl SessionStore for RedisStore {
         // The connection tasks run by themselves; their handles are not needed.
         drop(self.client.connect());
         drop(self.subscriber.connect());
+        for sentinel in &self.sentinels {
+            drop(sentinel.connect());
+            let sentinel = sentinel.clone();
+            let (client, subscriber) = (self.client.clone(), self.subscriber.clone());
+            let mut switches = sentinel.message_rx();
+            tokio::spawn(async move {
+                let _manager = sentinel.manage_subscriptions();
+                let _ = sentinel.subscribe("+switch-master").await;
+                while let Ok(switch) = switches.recv().await {
+                    tracing::info!(
+                        to = %switch.value.as_str().unwrap_or_default(),
+                        "the sentinels switched the Redis master; reconnecting"
+                    );
+                    let _ = client.force_reconnection().await;
+                    let _ = subscriber.force_reconnection().await;
+                }
+            });
+        }
         let subscriber = self.subscriber.clone();
         let channel = self.channel.clone();
         let local = self.local.clone();

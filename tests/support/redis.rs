@@ -13,30 +13,51 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = Redis {
-            child: None,
-            port: super::free_port(),
-            dir,
-        };
+        let mut r = Redis::unstarted();
         r.spawn(&[]);
         r
+    }
+
+    /// A port and a directory, no process yet.
+    pub fn unstarted() -> Redis {
+        Redis {
+            child: None,
+            port: super::free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     /// Starts the server (again) on its port, with `extra` arguments.
     pub fn spawn(&mut self, extra: &[&str]) {
         let port = self.port.to_string();
+        let dir = self.dir.path().to_str().unwrap().to_string();
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
+        args.extend([
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+            &dir,
+        ]);
+        args.extend(extra);
+        self.spawn_with(&args);
+    }
+
+    /// Starts `redis-server` with exactly `args`.
+    pub fn spawn_with(&mut self, args: &[&str]) {
         let child = Command::new("redis-server")
-            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no", "--protected-mode", "no"])
-            .args(["--dir", self.dir.path().to_str().unwrap()])
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("redis-server runs (scripts/test installs it)");
         self.child = Some(child);
-        assert!(self.wait_ready(), "redis-server did not answer on {port}");
+        assert!(
+            self.wait_ready(),
+            "redis-server did not answer on {}",
+            self.port
+        );
     }
 
     /// Waits (at most 10 s) until PING answers PONG.
@@ -113,5 +134,131 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A 3-master Redis Cluster on free loopback ports (`redis-server
+/// --cluster-enabled yes`, joined by `redis-cli --cluster create`).
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let mut r = Redis::unstarted();
+            r.spawn(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]);
+            nodes.push(r);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            while !n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "the cluster never became ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Cluster { nodes }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::url).collect()
+    }
+
+    /// Every key of every node.
+    pub fn dump(&self) -> Vec<(String, Vec<u8>)> {
+        self.nodes.iter().flat_map(Redis::dump).collect()
+    }
+}
+
+/// One master, one replica and one sentinel watching them as `mymaster`.
+pub struct Sentinel {
+    pub master: Redis,
+    pub replica: Redis,
+    pub sentinel: Redis,
+}
+
+impl Sentinel {
+    pub fn start() -> Sentinel {
+        let master = Redis::start();
+        let mut replica = Redis::unstarted();
+        let master_port = master.port.to_string();
+        replica.spawn(&["--replicaof", "127.0.0.1", &master_port]);
+        let mut sentinel = Redis::unstarted();
+        let conf = sentinel.dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n",
+                port = sentinel.port,
+                dir = sentinel.dir.path().display(),
+            ),
+        )
+        .unwrap();
+        sentinel.spawn_with(&[conf.to_str().unwrap(), "--sentinel"]);
+        // The replica is in sync, and the sentinel knows it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+            || !sentinel
+                .cli(&["SENTINEL", "REPLICAS", "mymaster"])
+                .contains(&replica.port.to_string())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel set-up never settled"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sentinel {
+            master,
+            replica,
+            sentinel,
+        }
+    }
+
+    /// `SENTINEL FAILOVER`, then waits (bounded) until the replica is the master.
+    pub fn failover(&self) {
+        self.sentinel.cli(&["SENTINEL", "FAILOVER", "mymaster"]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .replica
+            .cli(&["INFO", "replication"])
+            .contains("role:master")
+            || !self
+                .sentinel
+                .cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"])
+                .contains(&self.replica.port.to_string())
+        {
+            assert!(Instant::now() < deadline, "the failover did not complete");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
