@@ -6,80 +6,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
 use support::browser::Browser;
 use support::{Conf, Sidecar, http_client, seen, upstream};
 
-fn nginx_binary() -> PathBuf {
-    for candidate in ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"] {
-        if Path::new(candidate).exists() {
-            return PathBuf::from(candidate);
-        }
-    }
-    panic!("nginx is not installed: run ./scripts/test, which installs it");
-}
-
-/// nginx running the shipped site; stopped (by PID) on drop.
-struct Nginx {
-    child: Child,
-}
-
-impl Drop for Nginx {
-    /// SIGTERM to the master, which stops its workers (SIGKILL would leave
-    /// them running); SIGKILL only if it has not exited within 5 s.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..200 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Processes whose parent is `pid` (nginx's workers).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // Fields after the ")" that closes the command name: state, ppid, ...
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
-        if ppid == Some(&pid.to_string()) {
-            out.push(child);
-        }
-    }
-    out
-}
-
-/// Whether `pid` is a live process (not gone, not a zombie).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            !matches!(
-                stat.rsplit_once(')')
-                    .and_then(|(_, r)| r.split_whitespace().next()),
-                Some("Z")
-            )
-        })
-        .unwrap_or(false)
-}
-
-fn start_nginx(dir: &Path, port: u16, sidecar: &str, app: &str) -> Nginx {
+fn start_nginx(dir: &Path, port: u16, sidecar: &str, app: &str) -> support::nginx::Nginx {
     let site = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/nginx/emp-sidecar.conf"
@@ -95,48 +29,15 @@ fn start_nginx(dir: &Path, port: u16, sidecar: &str, app: &str) -> Nginx {
         .replace("127.0.0.1:4180", sidecar)
         .replace("127.0.0.1:8080", app)
         .replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
-    std::fs::write(dir.join("site.conf"), site).unwrap();
-    let d = dir.display();
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n access_log {d}/access.log;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             include {d}/site.conf;\n}}\n"
-        ),
-    )
-    .unwrap();
-    let test = Command::new(nginx_binary())
-        .args(["-t", "-c"])
-        .arg(dir.join("nginx.conf"))
-        .output()
-        .unwrap();
-    assert!(
-        test.status.success(),
-        "nginx -t: {}",
-        String::from_utf8_lossy(&test.stderr)
-    );
-    let child = Command::new(nginx_binary())
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let nginx = Nginx { child };
-    assert!(
-        support::wait_for_port(port),
-        "nginx did not start listening on {port}"
-    );
-    nginx
+    support::nginx::start(dir, port, &site)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_through_nginx_auth_request_reaches_the_app_with_identity_headers() {
-    let version = Command::new(nginx_binary()).arg("-v").output().unwrap();
+    let version = Command::new(support::nginx::binary())
+        .arg("-v")
+        .output()
+        .unwrap();
     eprintln!("{}", String::from_utf8_lossy(&version.stderr).trim());
 
     let up = upstream::start(None).await;
@@ -154,7 +55,7 @@ async fn login_through_nginx_auth_request_reaches_the_app_with_identity_headers(
     // The master listens before it forks its workers: wait (bounded) for them.
     let mut workers = Vec::new();
     for _ in 0..200 {
-        workers = children(nginx.child.id());
+        workers = support::nginx::children(nginx.child.id());
         if !workers.is_empty() {
             break;
         }
@@ -218,7 +119,7 @@ async fn login_through_nginx_auth_request_reaches_the_app_with_identity_headers(
     drop(nginx);
     let mut gone = false;
     for _ in 0..200 {
-        if !workers.iter().any(|w| alive(*w)) {
+        if !workers.iter().any(|w| support::nginx::alive(*w)) {
             gone = true;
             break;
         }

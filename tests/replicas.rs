@@ -285,3 +285,173 @@ async fn a_replica_killed_while_refreshing_is_taken_over_and_the_session_survive
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_behind_nginx_loses_no_request_and_no_session() {
+    let redis = Redis::start();
+    let up = upstream::start(None).await;
+    let emp = support::mock_emp(Duration::from_secs(3600)).await;
+    let front = support::free_port();
+    // The replicas' public callback is nginx's.
+    let conf = Conf::new(&up.url())
+        .emp(&emp.base_url())
+        .redis_store(&redis.url())
+        .provider(&format!(
+            "redirect_url = \"http://127.0.0.1:{front}/oauth2/callback\""
+        ));
+    let mut r = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        r.push(Process::spawn(&write_binary_config(dir.path(), &conf), &[]));
+        dirs.push(dir);
+    }
+    // Round robin over the three, as a Service would; a replica that
+    // refuses the connection (stopping, not up yet) is skipped.
+    let servers: String = r
+        .iter()
+        .map(|p| format!("  server {} max_fails=0;\n", p.addr))
+        .collect();
+    let site = format!(
+        "upstream sidecars {{\n{servers}  keepalive 16;\n}}\n\
+         server {{\n  listen 127.0.0.1:{front};\n  location / {{\n\
+             proxy_pass http://sidecars;\n    proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\";\n    proxy_set_header Host $http_host;\n\
+             proxy_next_upstream error timeout http_503;\n  }}\n}}\n"
+    );
+    let nginx_dir = tempfile::tempdir().unwrap();
+    let _nginx = support::nginx::start(nginx_dir.path(), front, &site);
+    let front_url = |path: &str| format!("http://127.0.0.1:{front}{path}");
+
+    let mut b = Browser::new();
+    let resp = b.login(&front_url("/app/echo"), "alice").await;
+    assert_eq!(Browser::location(&resp), "/app/echo");
+    let cookie = b.cookie_header();
+
+    // Four clients keep asking while each replica in turn is stopped
+    // (SIGTERM, drained) and started again on its port.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, cookie, url) = (stop.clone(), cookie.clone(), front_url("/app/echo"));
+        clients.push(tokio::spawn(async move {
+            let client = support::http_client();
+            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = match client.get(&url).header("cookie", &cookie).send().await {
+                    Ok(resp) => resp.status().as_u16(),
+                    Err(_) => 0,
+                };
+                *statuses.entry(status).or_default() += 1;
+            }
+            statuses
+        }));
+    }
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        r[i].signal("TERM");
+        assert_eq!(r[i].wait_exit(Duration::from_secs(20)), Some(0));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        r[i] = Process::spawn(&dirs[i].path().join("config.toml"), &[]);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = std::collections::BTreeMap::<u16, usize>::new();
+    for c in clients {
+        for (status, n) in c.await.unwrap() {
+            *all.entry(status).or_default() += n;
+        }
+    }
+    let answered: usize = all.values().sum();
+    eprintln!("rolling restart of 3 replicas: statuses {all:?}");
+    assert!(answered > 100, "{all:?}");
+    assert_eq!(all.keys().copied().collect::<Vec<_>>(), [200], "{all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_keeps_cached_sessions_answers_503_elsewhere_and_recovers() {
+    let mut redis = Redis::start();
+    let up = upstream::start(None).await;
+    let emp = support::mock_emp(Duration::from_secs(3600)).await;
+    let conf = Conf::new(&up.url())
+        .emp(&emp.base_url())
+        .redis_store(&redis.url());
+    let a = support::Sidecar::start(&conf).await;
+    let b = support::Sidecar::start(&conf).await;
+    let client = support::http_client();
+    let get = |url: String, cookie: Option<String>| {
+        let client = client.clone();
+        async move {
+            let mut req = client.get(url);
+            if let Some(c) = cookie {
+                req = req.header("cookie", c);
+            }
+            let started = Instant::now();
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap(), started.elapsed())
+        }
+    };
+    let mut browser = Browser::new();
+    browser.login(&a.url("/app/echo"), "alice").await;
+    let cookie = Some(browser.cookie_header());
+    assert_eq!(get(a.url("/app/echo"), cookie.clone()).await.0, 200);
+
+    redis.stop();
+    // Not ready, on both, within the command timeout (1 s).
+    for sc in [&a, &b] {
+        let (status, body, took) = get(sc.url("/ready"), None).await;
+        assert_eq!((status, body.as_str()), (503, "session store unreachable"));
+        assert!(took < Duration::from_secs(3), "{took:?}");
+    }
+    // A has the session cached: it keeps serving it.
+    for _ in 0..20 {
+        assert_eq!(get(a.url("/app/echo"), cookie.clone()).await.0, 200);
+    }
+    // B would need Redis: a clear 503 in bounded time, never a hang or 500.
+    let (status, body, took) = get(b.url("/app/echo"), cookie.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("session_store_unavailable"), "{body}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    eprintln!("Redis down: 503 from the replica without a copy after {took:?}");
+    // A login can start (cookies only) but not finish: a 503 page.
+    let mut other = Browser::new();
+    let authorize = other.open_login_page(&a.url("/x")).await;
+    let callback = other.submit_login(&authorize, "bob").await;
+    let resp = other.get(&callback).await;
+    assert_eq!(resp.status(), 503);
+
+    // Redis comes back, empty: both recover without a restart, and the
+    // session it no longer has sends its user to log in again.
+    redis.spawn(&[]);
+    for sc in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while get(sc.url("/ready"), None).await.0 != 200 {
+            assert!(Instant::now() < deadline, "not ready again");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for sc in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = get(sc.url("/app/echo"), cookie.clone()).await.0;
+            if status == 401 {
+                break;
+            }
+            assert_eq!(status, 200, "neither served nor sent to log in");
+            assert!(
+                Instant::now() < deadline,
+                "the lost session is still served"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let resp = browser.login(&b.url("/app/echo"), "alice").await;
+    assert_eq!(Browser::location(&resp), "/app/echo");
+    assert_eq!(
+        get(a.url("/app/echo"), Some(browser.cookie_header()))
+            .await
+            .0,
+        200
+    );
+}

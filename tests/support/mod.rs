@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod express;
+pub mod nginx;
 pub mod node;
 pub mod openid;
 pub mod redis;
