@@ -28,13 +28,16 @@ fn tool(name: &str) -> String {
 
 /// A YAML file's documents, as JSON (PyYAML comes with kubernetes-validate).
 fn yaml(file: &str) -> Value {
-    let path = Path::new(K8S).join(file);
+    yaml_at(&Path::new(K8S).join(file))
+}
+
+fn yaml_at(path: &Path) -> Value {
     let out = Command::new("python3")
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
         ])
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     assert!(
@@ -66,32 +69,138 @@ fn port_of(c: &Value, name: &str) -> u64 {
         .unwrap()
 }
 
+/// The manifests one deployment applies.
+struct Manifests {
+    configmap: Value,
+    secret: Value,
+    deployment: Value,
+    service: Value,
+}
+
+impl Manifests {
+    fn base() -> Manifests {
+        Manifests {
+            configmap: yaml("configmap.yaml"),
+            secret: yaml("secret.yaml"),
+            deployment: yaml("deployment.yaml"),
+            service: yaml("service.yaml"),
+        }
+    }
+
+    /// `overlays/ha` as kustomize builds it: each patch merged into the
+    /// base resource of its kind and name (strategic merge on maps; the
+    /// patches replace no list the base has).
+    fn ha() -> Manifests {
+        let dir = Path::new(K8S).join("overlays/ha");
+        let k = yaml_at(&dir.join("kustomization.yaml"));
+        let mut m = Manifests::base();
+        for patch in k["patches"].as_array().unwrap() {
+            let patch = yaml_at(&dir.join(patch["path"].as_str().unwrap()));
+            let target = match patch["kind"].as_str().unwrap() {
+                "ConfigMap" => &mut m.configmap,
+                "Secret" => &mut m.secret,
+                "Deployment" => &mut m.deployment,
+                "Service" => &mut m.service,
+                other => panic!("a patch of an unexpected kind {other}"),
+            };
+            assert_eq!(target["metadata"]["name"], patch["metadata"]["name"]);
+            merge(target, &patch);
+        }
+        m
+    }
+}
+
+fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
 #[test]
-fn kubernetes_manifests_pass_the_kubernetes_schemas() {
-    let validate = tool("kubernetes-validate");
-    let version = Command::new(&validate).arg("--version").output().unwrap();
-    eprintln!(
-        "kubernetes-validate {}",
-        String::from_utf8_lossy(&version.stdout).trim()
+fn the_ha_overlay_runs_three_replicas_on_redis_with_a_disruption_budget() {
+    let dir = Path::new(K8S).join("overlays/ha");
+    let k = yaml_at(&dir.join("kustomization.yaml"));
+    assert_eq!(k["resources"][0], "../..");
+    let ha = Manifests::ha();
+    assert_eq!(Manifests::base().deployment["spec"]["replicas"], 1);
+    let replicas = ha.deployment["spec"]["replicas"].as_u64().unwrap();
+    assert_eq!(replicas, 3);
+    let rolling = &ha.deployment["spec"]["strategy"]["rollingUpdate"];
+    assert_eq!(rolling["maxUnavailable"], 0);
+    // The budget covers these pods and leaves most of them up.
+    let pdb = yaml_at(&dir.join("poddisruptionbudget.yaml"));
+    assert_eq!(pdb["kind"], "PodDisruptionBudget");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        ha.deployment["spec"]["template"]["metadata"]["labels"]
     );
-    for file in [
-        "configmap.yaml",
-        "secret.yaml",
-        "deployment.yaml",
-        "service.yaml",
+    assert!(pdb["spec"]["maxUnavailable"].as_u64().unwrap() < replicas / 2 + 1);
+    // The merged manifests pass the schemas too.
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut files = vec![dir.join("poddisruptionbudget.yaml")];
+    for (name, doc) in [
+        ("configmap", &ha.configmap),
+        ("secret", &ha.secret),
+        ("deployment", &ha.deployment),
     ] {
+        let path = out_dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, serde_json::to_string(doc).unwrap()).unwrap();
+        files.push(path);
+    }
+    validate(&files);
+    let config = config_of(&ha);
+    let emp_sidecar::config::StoreKind::Redis(redis) = &config.session.store else {
+        panic!("the HA overlay does not use Redis")
+    };
+    assert!(
+        redis.password.is_some(),
+        "the Redis password from the Secret"
+    );
+}
+
+fn validate(files: &[PathBuf]) {
+    let validate = tool("kubernetes-validate");
+    for file in files {
         let out = Command::new(&validate)
             .args(["--strict", "-k", K8S_VERSION])
-            .arg(Path::new(K8S).join(file))
+            .arg(file)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success() && text.contains("passed"),
-            "{file}: {text}"
+            "{}: {text}",
+            file.display()
         );
     }
+}
+
+#[test]
+fn kubernetes_manifests_pass_the_kubernetes_schemas() {
+    let version = Command::new(tool("kubernetes-validate"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    eprintln!(
+        "kubernetes-validate {}",
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
+    let files: Vec<PathBuf> = [
+        "configmap.yaml",
+        "secret.yaml",
+        "deployment.yaml",
+        "service.yaml",
+    ]
+    .iter()
+    .map(|f| Path::new(K8S).join(f))
+    .collect();
+    validate(&files);
 }
 
 /// No schema for these is available offline (a kustomize config and a
@@ -137,17 +246,10 @@ fn kustomization_and_service_monitor_are_well_formed() {
     );
 }
 
-#[test]
-fn manifests_agree_with_the_configuration_they_carry() {
-    let cm = yaml("configmap.yaml");
-    let secret = yaml("secret.yaml");
-    let dep = yaml("deployment.yaml");
-    let svc = yaml("service.yaml");
-    let sidecar = container(&dep, "emp-sidecar");
-    let app = container(&dep, "app");
-    let pod = &dep["spec"]["template"];
-
-    // The config file: where the args say, mounted from the ConfigMap key.
+/// The configuration the manifests carry, loaded for real with the
+/// Secret's values written where the `*_file` keys expect them.
+fn config_of(m: &Manifests) -> Config {
+    let sidecar = container(&m.deployment, "emp-sidecar");
     let args: Vec<&str> = sidecar["args"]
         .as_array()
         .unwrap()
@@ -163,12 +265,9 @@ fn manifests_agree_with_the_configuration_they_carry() {
         .unwrap();
     assert_eq!(mount["mountPath"], args[1]);
     let key = mount["subPath"].as_str().unwrap();
-    let toml = cm["data"][key]
+    let toml = m.configmap["data"][key]
         .as_str()
         .expect("config.toml in the ConfigMap");
-
-    // The secrets: files in the mounted Secret, named by its keys. Load the
-    // config for real, with the Secret's values written where it expects them.
     let secrets_mount = sidecar["volumeMounts"]
         .as_array()
         .unwrap()
@@ -180,27 +279,37 @@ fn manifests_agree_with_the_configuration_they_carry() {
         .to_string();
     let dir = tempfile::tempdir().unwrap();
     let mut local = toml.to_string();
-    for file_key in ["cookie_secret_file", "client_secret_file"] {
-        let line = toml
-            .lines()
-            .find(|l| l.trim_start().starts_with(file_key))
-            .unwrap();
+    for line in toml.lines().filter(|l| {
+        let key = l.split('=').next().unwrap_or("").trim();
+        key.ends_with("_file") && !l.trim_start().starts_with('#')
+    }) {
         let path = PathBuf::from(line.split('"').nth(1).unwrap());
-        assert_eq!(
-            path.parent().unwrap(),
-            Path::new(&secrets_mount),
-            "{file_key}"
-        );
+        assert_eq!(path.parent().unwrap(), Path::new(&secrets_mount), "{line}");
         let name = path.file_name().unwrap().to_str().unwrap();
-        let value = secret["stringData"][name]
+        let value = m.secret["stringData"][name]
             .as_str()
             .unwrap_or_else(|| panic!("Secret has no key {name}"));
         let local_path = dir.path().join(name);
         std::fs::write(&local_path, value).unwrap();
         local = local.replace(path.to_str().unwrap(), local_path.to_str().unwrap());
     }
-    let config = Config::from_toml_str(&local)
-        .unwrap_or_else(|p| panic!("the ConfigMap's config.toml is invalid:\n{p}"));
+    Config::from_toml_str(&local)
+        .unwrap_or_else(|p| panic!("the ConfigMap's config.toml is invalid:\n{p}"))
+}
+
+#[test]
+fn manifests_agree_with_the_configuration_they_carry() {
+    for m in [Manifests::base(), Manifests::ha()] {
+        agree(&m);
+    }
+}
+
+fn agree(m: &Manifests) {
+    let (dep, svc) = (&m.deployment, &m.service);
+    let config = config_of(m);
+    let sidecar = container(dep, "emp-sidecar");
+    let app = container(dep, "app");
+    let pod = &dep["spec"]["template"];
 
     // Ports: the listeners, the container ports, the probes, the Service,
     // the scrape annotations.
