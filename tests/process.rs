@@ -445,3 +445,81 @@ async fn mock_emp_command_serves_the_login_form() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_login_starts_holds_no_server_memory_and_evicts_no_login() {
+    let up = upstream::start(None).await;
+    let emp = support::mock_emp(Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = Conf::new(&up.url()).emp(&emp.base_url());
+    let sc = Process::spawn(&support::write_binary_config(dir.path(), &conf), &[]);
+    // A real user starts logging in before the flood.
+    let mut user = support::browser::Browser::new();
+    let authorize = user.open_login_page(&sc.url("/before/flood")).await;
+
+    const FLOOD: usize = 200_000;
+    const CLIENTS: usize = 16;
+    const BATCH: usize = 100;
+    // Each client pipelines its requests in batches on one keep-alive
+    // connection: the flood costs the test little, the sidecar all of it.
+    let flood = |n: usize| {
+        let addr = sc.addr;
+        async move {
+            let mut tasks = Vec::new();
+            for _ in 0..CLIENTS {
+                tasks.push(tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    let req = "GET /oauth2/start?rd=/somewhere HTTP/1.1\r\nHost: app.test\r\n\
+                               Accept: text/html\r\n\r\n";
+                    let batch = req.repeat(BATCH);
+                    let mut buf = vec![0u8; 1 << 16];
+                    for _ in 0..n / CLIENTS / BATCH {
+                        s.write_all(batch.as_bytes()).await.unwrap();
+                        let (mut answered, mut text) = (0, String::new());
+                        while answered < BATCH {
+                            let got =
+                                tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+                                    .await
+                                    .expect("the sidecar answers the flood")
+                                    .unwrap();
+                            assert!(got > 0, "connection closed mid-flood");
+                            text.push_str(&String::from_utf8_lossy(&buf[..got]));
+                            // Every answer is a bodiless 302: count the
+                            // complete heads, keep a partial one for later.
+                            let Some(end) = text.rfind("\r\n\r\n") else {
+                                continue;
+                            };
+                            let (done, rest) = text.split_at(end + 4);
+                            let heads = done.matches("\r\n\r\n").count();
+                            assert_eq!(done.matches("HTTP/1.1 302 ").count(), heads, "{done}");
+                            answered += heads;
+                            text = rest.to_string();
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+    // Warm up (allocator arenas, connection buffers), then measure.
+    flood(CLIENTS * 200).await;
+    let before = sc.rss_kib();
+    let started = std::time::Instant::now();
+    flood(FLOOD).await;
+    let took = started.elapsed();
+    let after = sc.rss_kib();
+    eprintln!("{FLOOD} /oauth2/start in {took:?}: RSS {before} KiB before, {after} KiB after");
+    // No per-login server state: memory does not grow with the flood
+    // (a server-side store would hold 200 000 entries, tens of MiB).
+    assert!(
+        after <= before + 4 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    // And the login started before it still completes.
+    let callback = user.submit_login(&authorize, "alice").await;
+    let resp = user.get(&callback).await;
+    assert_eq!(support::browser::Browser::location(&resp), "/before/flood");
+}
