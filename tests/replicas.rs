@@ -213,6 +213,26 @@ async fn each_refresh_window_sees_one_refresh_across_replicas_with_rotating_toke
         "a refresh token was used twice"
     );
     assert_eq!(emp.refreshes(), presented.len(), "a refresh was refused");
+    // After a login and these refreshes, Redis holds no access token,
+    // refresh token or cookie value, in any key or value.
+    let mut secrets: Vec<String> = emp.issued_secrets();
+    secrets.extend(tokens_seen.iter().cloned());
+    secrets.extend(presented.iter().cloned());
+    secrets.extend(cookie.split("; ").filter_map(|c| {
+        c.split_once('=')
+            .map(|(_, v)| v.split('.').next().unwrap().to_string())
+    }));
+    let dump = redis.dump();
+    assert!(dump.len() >= 2, "{dump:?}");
+    for (k, v) in &dump {
+        let text = format!("{k} {}", String::from_utf8_lossy(v));
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret is readable in Redis: {k}"
+            );
+        }
+    }
     // The upstream saw the login's token and refreshed ones, nothing else
     // (the last refresh may land after the last round).
     assert!(

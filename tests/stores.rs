@@ -453,3 +453,92 @@ async fn sessions_survive_a_sentinel_failover() {
     }
     suite(fresh, a, &config).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_ca_file_and_a_password_passes_the_suite() {
+    let redis = Redis::start_tls();
+    redis.cli(&["CONFIG", "SET", "requirepass", "s3cret-pass"]);
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("redis_password");
+    std::fs::write(&password, "s3cret-pass\n").unwrap();
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let good = config(
+        Conf::new("http://127.0.0.1:9")
+            .redis_store(&url)
+            .redis(&format!("ca_file = {:?}", redis.ca_file().unwrap()))
+            .redis(&format!("password_file = {password:?}")),
+    );
+    let a = redis_store(&good, Arc::new(Metrics::new().unwrap())).await;
+    let b = redis_store(&good, Arc::new(Metrics::new().unwrap())).await;
+    suite(a, b, &good).await;
+
+    // Without the CA the server is not trusted, and without the password
+    // it refuses: neither store becomes ready, and says so.
+    for conf in [
+        Conf::new("http://127.0.0.1:9")
+            .redis_store(&url)
+            .redis(&format!("password_file = {password:?}")),
+        Conf::new("http://127.0.0.1:9")
+            .redis_store(&url)
+            .redis(&format!("ca_file = {:?}", redis.ca_file().unwrap())),
+    ] {
+        let bad = config(conf);
+        let StoreKind::Redis(r) = &bad.session.store else {
+            unreachable!()
+        };
+        let store = RedisStore::new(
+            r,
+            &bad.session,
+            IdentityRules::new(&bad),
+            Duration::from_secs(60),
+            Arc::new(Metrics::new().unwrap()),
+        )
+        .unwrap();
+        store.start();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!store.ready().await);
+        let err = store.get(&SessionKey::generate()).await;
+        assert!(err.is_err(), "{err:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_idle_timeout_slides_with_use_without_a_write_per_request() {
+    let redis = Redis::start();
+    let config = config(
+        Conf::new("http://127.0.0.1:9")
+            .redis_store(&redis.url())
+            .session("idle_timeout = \"2s\""),
+    );
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let store = redis_store(&config, metrics.clone()).await;
+    let key = SessionKey::generate();
+    store
+        .insert(&key, session("at", "alice", &config))
+        .await
+        .unwrap();
+    let redis_key = format!("emp-sidecar:{{{}}}:s", key.store_key());
+    // Used every 50 ms for 3 s (longer than the idle timeout): alive.
+    let started = Instant::now();
+    let mut gets = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        assert!(store.get(&key).await.unwrap().is_some());
+        gets += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ttl: i64 = redis.cli(&["PTTL", &redis_key]).trim().parse().unwrap();
+    assert!(ttl > 1000, "TTL {ttl} ms after 3 s of use");
+    // Touches are throttled to one per tenth of the idle timeout.
+    let text = String::from_utf8(metrics.render()).unwrap();
+    let touches = support::metric(
+        &text,
+        "emp_sidecar_store_duration_seconds_count{operation=\"touch\"}",
+    );
+    assert!(
+        touches <= 3.0 / 0.2 + 1.0 && touches >= 5.0,
+        "{touches} touches for {gets} gets"
+    );
+    // Then left alone: gone from Redis after the idle timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(redis.cli(&["EXISTS", &redis_key]).trim(), "0");
+}

@@ -504,7 +504,7 @@ impl SessionStore for RedisStore {
             if let Some(c) = &cached
                 && c.checked.elapsed() < LOCAL_MAX_AGE
             {
-                self.metrics.cache(CacheResult::Hit);
+                self.metrics.cache_hit();
                 self.touch_if_due(key, &c.session);
                 return Ok(Some(c.session.clone()));
             }

@@ -9,6 +9,8 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Serving TLS only, with this CA file (redis-cli needs it too).
+    tls_ca: Option<String>,
 }
 
 impl Redis {
@@ -24,7 +26,54 @@ impl Redis {
             child: None,
             port: super::free_port(),
             dir: tempfile::tempdir().unwrap(),
+            tls_ca: None,
         }
+    }
+
+    /// A server that speaks TLS only, with a self-signed certificate for
+    /// 127.0.0.1; the certificate's PEM file is its CA.
+    pub fn start_tls() -> Redis {
+        let mut r = Redis::unstarted();
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert = r.dir.path().join("redis.crt");
+        let key = r.dir.path().join("redis.key");
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let (cert, key) = (
+            cert.to_str().unwrap().to_string(),
+            key.to_str().unwrap().to_string(),
+        );
+        r.tls_ca = Some(cert.clone());
+        let port = r.port.to_string();
+        let dir = r.dir.path().to_str().unwrap().to_string();
+        r.spawn_with(&[
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &cert,
+            "--tls-auth-clients",
+            "no",
+        ]);
+        r
+    }
+
+    /// The CA file of a TLS server.
+    pub fn ca_file(&self) -> Option<&str> {
+        self.tls_ca.as_deref()
     }
 
     /// Starts the server (again) on its port, with `extra` arguments.
@@ -77,11 +126,12 @@ impl Redis {
     }
 
     fn try_cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .ok()?;
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(ca) = &self.tls_ca {
+            cmd.args(["--tls", "--cacert", ca]);
+        }
+        let out = cmd.args(args).output().ok()?;
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
