@@ -542,3 +542,36 @@ async fn a_short_idle_timeout_slides_with_use_without_a_write_per_request() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(redis.cli(&["EXISTS", &redis_key]).trim(), "0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_inside_the_url_works_and_the_password_key_overrides_it() {
+    let redis = Redis::start();
+    redis.cli(&["CONFIG", "SET", "requirepass", "url-pass"]);
+    let url = format!("redis://:url-pass@127.0.0.1:{}", redis.port);
+    let with_url = config(Conf::new("http://127.0.0.1:9").redis_store(&url));
+    let a = redis_store(&with_url, Arc::new(Metrics::new().unwrap())).await;
+    let key = SessionKey::generate();
+    a.insert(&key, session("at", "alice", &with_url))
+        .await
+        .unwrap();
+    // The password key wins over the URL's (here: a wrong one, so refused).
+    let wrong = config(
+        Conf::new("http://127.0.0.1:9")
+            .redis_store(&url)
+            .redis("password = \"not-it\""),
+    );
+    let StoreKind::Redis(r) = &wrong.session.store else {
+        unreachable!()
+    };
+    let store = RedisStore::new(
+        r,
+        &wrong.session,
+        IdentityRules::new(&wrong),
+        Duration::from_secs(60),
+        Arc::new(Metrics::new().unwrap()),
+    )
+    .unwrap();
+    store.start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.get(&key).await.is_err());
+}
