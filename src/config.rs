@@ -789,6 +789,18 @@ fn session(l: &mut Loader) -> Option<SessionConfig> {
         }
     }
     let cookie_secure = l.get::<bool>("session.cookie_secure");
+    // Browsers accept a `__Host-` cookie only with Secure, `Path=/` and no
+    // Domain (the sidecar always sets the last two), a `__Secure-` one only
+    // with Secure: a name that promises it must not be set without it.
+    let prefixed = ["__Host-", "__Secure-"]
+        .into_iter()
+        .find(|p| cookie_name.starts_with(p));
+    if let (Some(prefix), Some(false)) = (prefixed, cookie_secure) {
+        l.problem(
+            "session.cookie_secure",
+            format!("must be true with a cookie name starting with {prefix:?}: browsers drop such a cookie otherwise"),
+        );
+    }
     let store = match l.string("session.store").as_str() {
         "memory" => Some(StoreKind::Memory),
         "redis" => redis(l).map(StoreKind::Redis),

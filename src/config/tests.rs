@@ -276,3 +276,19 @@ fn the_redis_store_needs_exactly_one_topology_and_valid_urls() {
     assert_eq!(r.key_prefix, "emp-sidecar:");
     assert_eq!(r.timeout, Duration::from_secs(1));
 }
+
+#[test]
+fn host_prefixed_cookie_names_need_secure_cookies() {
+    let with = |extra: &str| format!("{}{extra}", minimal());
+    let c = Config::from_toml_str(&with("cookie_name = \"__Host-emp\"\n")).unwrap();
+    assert_eq!(c.session.cookie_name, "__Host-emp");
+    for name in ["__Host-emp", "__Secure-emp"] {
+        let keys: Vec<String> = problems(&with(&format!(
+            "cookie_name = \"{name}\"\ncookie_secure = false\n"
+        )))
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+        assert_eq!(keys, ["session.cookie_secure"], "{name}");
+    }
+}

@@ -190,3 +190,23 @@ fn an_overlong_return_url_returns_to_the_root() {
     let l = Cookies::new_login("s".into(), "n".into(), "v".into(), "/".repeat(5000));
     assert_eq!(l.return_to, "/");
 }
+
+#[test]
+fn host_prefixed_cookies_are_secure_path_root_and_without_domain() {
+    let c = Cookies::new(
+        vec![Secret::new(vec![7u8; 32])],
+        "__Host-emp",
+        true,
+        Duration::from_secs(60),
+    );
+    let session = c.set_session(&SessionKey::generate());
+    let login = c.set_login(&login("st")).unwrap();
+    for set in [&session, &login, &c.clear_session(), &c.clear_login("st")] {
+        let text = set.to_str().unwrap();
+        assert!(text.starts_with("__Host-emp"), "{text}");
+        assert!(text.contains("Secure") && text.contains("Path=/"), "{text}");
+        assert!(!text.to_ascii_lowercase().contains("domain"), "{text}");
+    }
+    assert!(c.session_key(&request_with(&[&session])).is_some());
+    assert!(c.login(&request_with(&[&login]), "st").is_some());
+}
