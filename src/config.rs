@@ -59,6 +59,8 @@ pub struct ServerConfig {
     /// Keep client-sent `X-Forwarded-*` (append to `X-Forwarded-For`) instead
     /// of replacing them; only behind a proxy you trust.
     pub trust_forwarded_headers: bool,
+    /// Client connections served at once; beyond it new ones wait.
+    pub max_connections: usize,
     /// Worker threads serving connections; 0 means one per CPU.
     pub workers: usize,
     /// The Linux scheduling policy of the worker threads.
@@ -468,6 +470,14 @@ fn server(l: &mut Loader) -> Option<ServerConfig> {
     let idle_timeout = positive(l, "server.idle_timeout");
     let shutdown_timeout = l.duration("server.shutdown_timeout");
     let trust = l.get::<bool>("server.trust_forwarded_headers");
+    let max_connections = l.get::<u32>("server.max_connections").and_then(|n| {
+        if (1..=1_000_000).contains(&n) {
+            Some(n as usize)
+        } else {
+            l.problem("server.max_connections", "must be between 1 and 1000000");
+            None
+        }
+    });
     let workers = l.get::<u16>("server.workers").and_then(|n| {
         if n <= 256 {
             Some(usize::from(n))
@@ -497,6 +507,7 @@ fn server(l: &mut Loader) -> Option<ServerConfig> {
         idle_timeout: idle_timeout?,
         shutdown_timeout: shutdown_timeout?,
         trust_forwarded_headers: trust?,
+        max_connections: max_connections?,
         workers: workers?,
         worker_scheduling: worker_scheduling?,
     })

@@ -442,6 +442,8 @@ pub struct Metrics {
     pub invalidations: IntCounter,
     refresh_locks: Vec<IntCounter>,
     pub in_flight: IntGauge,
+    pub connections_open: IntGauge,
+    connection_limits: IntCounter,
     logins: Vec<IntCounter>,
     refreshes: Vec<IntCounter>,
     idp_durations: Vec<Histogram>,
@@ -521,6 +523,14 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let connections_open = IntGauge::new(
+            "emp_sidecar_connections_open",
+            "Client connections open (both listeners)",
+        )?;
+        let connection_limits = IntCounter::new(
+            "emp_sidecar_connection_limit_reached_total",
+            "Times server.max_connections was reached and new connections had to wait",
+        )?;
         let in_flight = IntGauge::new(
             "emp_sidecar_http_requests_in_flight",
             "Requests received whose response has not finished yet",
@@ -574,6 +584,8 @@ impl Metrics {
         registry.register(Box::new(invalidations.clone()))?;
         registry.register(Box::new(locks_vec.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connection_limits.clone()))?;
 
         let requests = RouteClass::ALL
             .iter()
@@ -641,6 +653,8 @@ impl Metrics {
             invalidations,
             refresh_locks,
             in_flight,
+            connections_open,
+            connection_limits,
         })
     }
 
@@ -661,6 +675,13 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind as usize].inc();
+    }
+
+    /// `server.max_connections` was reached (counted for the main listener).
+    pub fn connection_limit_reached(&self, main: bool) {
+        if main {
+            self.connection_limits.inc();
+        }
     }
 
     pub fn client_error(&self, kind: ClientErrorKind) {

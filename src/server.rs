@@ -118,7 +118,18 @@ pub fn prepare(config: &Config, metrics: Arc<Metrics>) -> Result<Prepared, Probl
 }
 
 /// An accepted connection on its way to a worker.
-type Handoff = (std::net::TcpStream, SocketAddr, Listener);
+/// The permit it holds counts it against `server.max_connections` until the
+/// connection ends.
+type Handoff = (
+    std::net::TcpStream,
+    SocketAddr,
+    Listener,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+/// Connections the metrics listener serves at once, apart from the main
+/// listener's limit, so Prometheus can scrape a saturated sidecar.
+const METRICS_CONNECTIONS: usize = 64;
 
 /// Serves until `shutdown` resolves, then drains. Returns `false` when the
 /// drain hit `server.shutdown_timeout` with requests still in flight.
@@ -182,11 +193,17 @@ pub async fn run(
     let main = (listeners.main, Listener::Main);
     let metrics_listener = listeners.metrics.map(|l| (l, Listener::Metrics));
     for (listener, kind) in std::iter::once(main).chain(metrics_listener) {
+        let limit = match kind {
+            Listener::Main => config.server.max_connections,
+            Listener::Metrics => METRICS_CONNECTIONS,
+        };
         accept_loops.push(tokio::spawn(accept_loop(
             listener,
             kind,
+            Arc::new(tokio::sync::Semaphore::new(limit)),
             dispatch.clone(),
             stop_rx.clone(),
+            metrics.clone(),
         )));
     }
 
@@ -266,14 +283,39 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 async fn accept_loop(
     listener: TcpListener,
     kind: Listener,
+    limit: Arc<tokio::sync::Semaphore>,
     dispatch: Arc<Dispatch>,
     mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
+    let mut warned: Option<std::time::Instant> = None;
     loop {
+        // At the limit, new connections wait in the kernel's backlog (as
+        // nginx's do past worker_connections) until one ends.
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                metrics.connection_limit_reached(kind == Listener::Main);
+                if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    warned = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        listener = ?kind,
+                        "server.max_connections reached: new connections wait"
+                    );
+                }
+                tokio::select! {
+                    p = limit.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = stop.changed() => return,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match stream.into_std() {
-                    Ok(std_stream) => dispatch.send((std_stream, peer, kind)),
+                    Ok(std_stream) => dispatch.send((std_stream, peer, kind, permit)),
                     Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
                 },
                 Err(e) => {
@@ -326,10 +368,17 @@ impl Worker {
         runtime.block_on(async {
             let maintenance = tokio::spawn(worker.app.maintenance());
             let conns = TaskTracker::new();
-            while let Some((stream, peer, kind)) = conns_in.recv().await {
+            while let Some((stream, peer, kind, permit)) = conns_in.recv().await {
                 match TcpStream::from_std(stream) {
                     Ok(stream) => {
-                        conns.spawn(serve_connection(worker.clone(), stream, peer, kind));
+                        let serve = serve_connection(worker.clone(), stream, peer, kind);
+                        let metrics = worker.app.metrics.clone();
+                        conns.spawn(async move {
+                            metrics.connections_open.inc();
+                            serve.await;
+                            metrics.connections_open.dec();
+                            drop(permit);
+                        });
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
                 }

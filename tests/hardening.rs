@@ -314,3 +314,51 @@ async fn a_connection_that_never_sent_a_byte_does_not_hold_the_drain() {
     );
     drop(silent);
 }
+
+#[tokio::test]
+async fn past_max_connections_new_connections_wait_until_one_ends() {
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&Conf::new(&up.url()).server("max_connections = 2")).await;
+    let ping = b"GET /ping HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    // Two kept-alive connections hold the two places.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(sc.addr).await.unwrap();
+        s.write_all(ping).await.unwrap();
+        assert!(answered(&mut s).await);
+        held.push(s);
+    }
+    // A third connects (the kernel's backlog takes it) but is not served...
+    let mut third = TcpStream::connect(sc.addr).await.unwrap();
+    third.write_all(ping).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(500), answered(&mut third)).await;
+    assert!(early.is_err(), "served past max_connections");
+    // ...until one of the two ends.
+    drop(held.pop());
+    let later = tokio::time::timeout(Duration::from_secs(5), answered(&mut third))
+        .await
+        .expect("served once a place was free");
+    assert!(later);
+    drop((held, third));
+    let text = metrics_on(&sc).await;
+    assert!(metric(&text, "emp_sidecar_connection_limit_reached_total") >= 1.0);
+    sc.shutdown().await;
+}
+
+/// Whether the next thing read on `s` is a 200 response.
+async fn answered(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
+}
+
+/// `/metrics` on a connection of its own once a place is free.
+async fn metrics_on(sc: &Sidecar) -> String {
+    let resp = raw_exchange(
+        sc.addr,
+        b"GET /metrics HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    body_of(&resp).to_string()
+}
