@@ -443,6 +443,9 @@ pub struct Metrics {
     refresh_locks: Vec<IntCounter>,
     pub in_flight: IntGauge,
     pub connections_open: IntGauge,
+    /// The most connections open at once since the server last looked
+    /// (`server.rs`, giving memory back after bursts).
+    pub connections_high: std::sync::atomic::AtomicI64,
     connection_limits: IntCounter,
     logins: Vec<IntCounter>,
     refreshes: Vec<IntCounter>,
@@ -654,6 +657,7 @@ impl Metrics {
             refresh_locks,
             in_flight,
             connections_open,
+            connections_high: std::sync::atomic::AtomicI64::new(0),
             connection_limits,
         })
     }

@@ -523,3 +523,42 @@ async fn a_flood_of_login_starts_holds_no_server_memory_and_evicts_no_login() {
     let resp = user.get(&callback).await;
     assert_eq!(support::browser::Browser::location(&resp), "/before/flood");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_held_by_a_burst_of_connections_is_given_back_after_it() {
+    let up = upstream::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = Conf::new(&up.url()).server("idle_timeout = \"600s\"");
+    let sc = Process::spawn(&support::write_binary_config(dir.path(), &conf), &[]);
+    let before = sc.rss_kib();
+    let mut held = Vec::new();
+    for _ in 0..2000 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+        s.write_all(b"GET /ping HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        held.push(s);
+    }
+    let peak = sc.rss_kib();
+    assert!(
+        peak > before + 20 * 1024,
+        "2000 connections cost {} KiB",
+        peak - before
+    );
+    drop(held);
+    // The sidecar looks every 2 s whether a burst is over (bounded: 15 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut now = peak;
+    while now > before + (peak - before) / 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RSS {before} KiB before, {peak} with the connections, still {now} after"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        now = sc.rss_kib();
+    }
+    eprintln!("2000 idle connections: RSS {before} -> {peak} -> {now} KiB");
+}
