@@ -121,13 +121,7 @@ skip_auth = ["^/public/"]
         measure("nginx proxy_pass", ngx_port, [ngx.pid] + o.children(ngx.pid), n, "/public/x")
         measure("emp-sidecar", sc_port, [sc.pid], n, "/public/x")
     finally:
-        for p, sig in procs:
-            p.send_signal(sig)
-        for p, _ in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        o.stop_all(procs)
 
 
 if __name__ == "__main__":

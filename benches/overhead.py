@@ -180,6 +180,17 @@ def login(sidecar, user="bench"):
     return session[0]
 
 
+def stop_all(procs):
+    """Signals each (process, signal) pair, waits (15 s at most), then kills."""
+    for p, sig in procs:
+        p.send_signal(sig)
+    for p, _ in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def rss_kib(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -337,13 +348,7 @@ skip_auth = ["^/public/"]
         (out_dir / "overhead.json").write_text(json.dumps(result, indent=2))
         print("\n".join(lines))
     finally:
-        for p, sig in procs:
-            p.send_signal(sig)
-        for p, _ in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -203,13 +203,7 @@ def main():
         (out / "redis.json").write_text(json.dumps(result, indent=2))
         print("\n".join(lines))
     finally:
-        for p, sig in procs:
-            p.send_signal(sig)
-        for p, _ in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        o.stop_all(procs)
 
 
 if __name__ == "__main__":

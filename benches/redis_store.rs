@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use emp_sidecar::config::{Config, StoreKind};
 use emp_sidecar::metrics::Metrics;
-use emp_sidecar::provider::TokenSet;
 use emp_sidecar::session::redis::RedisStore;
-use emp_sidecar::session::{
-    IdentityRules, Session, SessionKey, SessionStore, Tokens, random_token,
-};
+use emp_sidecar::session::{IdentityRules, SessionKey, SessionStore};
+
+#[path = "shape.rs"]
+mod shape;
 
 const SESSIONS: usize = 100_000;
 const CONCURRENCY: usize = 64;
@@ -36,25 +36,6 @@ fn used_memory(port: u16) -> u64 {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("used_memory")
-}
-
-fn session(n: usize, rules: &IdentityRules) -> Session {
-    let user = format!("user{n:06}");
-    let set = TokenSet {
-        access_token: format!("emp-at-{}", random_token()),
-        refresh_token: Some(format!("emp-rt-{}", random_token())),
-        expires_in: Duration::from_secs(3600),
-        backend_url: Some("https://kr.emp.example.lge.com/".to_string()),
-    };
-    let claims = serde_json::json!({
-        "sub": user,
-        "user_id": user,
-        "email": format!("{user}@example.com"),
-        "name": format!("User {user}"),
-        "country": "KR",
-    });
-    let tokens = Tokens::issued(set, tokio::time::Instant::now(), Duration::from_secs(60)).unwrap();
-    Session::new(tokens, &claims, rules.identity(&claims))
 }
 
 fn main() {
@@ -129,7 +110,7 @@ fn main() {
                 for n in (t..SESSIONS).step_by(CONCURRENCY) {
                     let key = SessionKey::generate();
                     store
-                        .insert(&key, Arc::new(session(n, &rules)))
+                        .insert(&key, Arc::new(shape::dr_session(n, |c| rules.identity(c))))
                         .await
                         .unwrap();
                     if n % 10_000 == 0 {

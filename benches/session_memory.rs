@@ -7,10 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use emp_sidecar::provider::TokenSet;
 use emp_sidecar::session::memory::MemoryStore;
-use emp_sidecar::session::{Identity, Session, SessionKey, SessionStore, Tokens, random_token};
+use emp_sidecar::session::{Identity, Session, SessionKey, SessionStore};
 use http::{HeaderName, HeaderValue};
+
+#[path = "shape.rs"]
+mod shape;
 
 const SESSIONS: usize = 100_000;
 
@@ -24,32 +26,19 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// Three identity headers, as `[headers.claims]` and the defaults give.
 fn session(n: usize) -> Session {
-    let user = format!("user{n:06}");
-    let set = TokenSet {
-        // The mock EMP's token shapes: a prefix and 256 random bits.
-        access_token: format!("emp-at-{}", random_token()),
-        refresh_token: Some(format!("emp-rt-{}", random_token())),
-        expires_in: Duration::from_secs(3600),
-        backend_url: Some("https://kr.emp.example.lge.com/".to_string()),
-    };
-    let claims = serde_json::json!({
-        "sub": user,
-        "user_id": user,
-        "email": format!("{user}@example.com"),
-        "name": format!("User {user}"),
-        "country": "KR",
-    });
-    let identity = Identity {
-        user: HeaderValue::try_from(user.as_str()).ok(),
-        email: HeaderValue::try_from(format!("{user}@example.com")).ok(),
-        claim_headers: vec![(
-            HeaderName::from_static("x-auth-request-user"),
-            HeaderValue::try_from(user.as_str()).unwrap(),
-        )],
-    };
-    let tokens = Tokens::issued(set, tokio::time::Instant::now(), Duration::from_secs(60)).unwrap();
-    Session::new(tokens, &claims, identity)
+    shape::dr_session(n, |claims| {
+        let user = claims["sub"].as_str().unwrap();
+        Identity {
+            user: HeaderValue::try_from(user).ok(),
+            email: HeaderValue::try_from(format!("{user}@example.com")).ok(),
+            claim_headers: vec![(
+                HeaderName::from_static("x-auth-request-user"),
+                HeaderValue::try_from(user).unwrap(),
+            )],
+        }
+    })
 }
 
 fn main() {

@@ -283,6 +283,16 @@ impl Auth {
             }
             .render()
         };
+        // The session store could not be reached: nothing the user did.
+        let unavailable = || {
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in unavailable",
+                "The sign-in cannot be completed right now. Please try again in a moment.",
+                None,
+                None,
+            )
+        };
         // 1. The state must be one this browser was sent away with (its
         // sealed login cookie), and unused on every replica.
         let pending = state.and_then(|s| self.cookies.login(headers, s));
@@ -291,13 +301,7 @@ impl Auth {
                 Ok(first) => first,
                 Err(e) => {
                     tracing::warn!(request_id, error = %e, "cannot record a login's state");
-                    return page(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Sign-in unavailable",
-                        "The sign-in cannot be completed right now. Please try again in a moment.",
-                        None,
-                        None,
-                    );
+                    return unavailable();
                 }
             },
             None => false,
@@ -370,13 +374,7 @@ impl Auth {
         let session = Arc::new(Session::new(tokens, &claims, identity));
         if let Err(e) = self.store.insert(&key, session).await {
             tracing::warn!(request_id, error = %e, "cannot store the new session");
-            return page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Sign-in unavailable",
-                "The sign-in cannot be completed right now. Please try again in a moment.",
-                None,
-                None,
-            );
+            return unavailable();
         }
         self.metrics.login(LoginResult::Success);
         tracing::info!(request_id, "login succeeded");

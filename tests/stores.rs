@@ -43,22 +43,31 @@ fn session(access_token: &str, user: &str, config: &Config) -> Arc<Session> {
     Arc::new(Session::new(tokens, &claims, identity))
 }
 
-/// A Redis store on `url` as one replica would build it, connected.
-async fn redis_store(config: &Config, metrics: Arc<Metrics>) -> Arc<RedisStore> {
+/// A Redis store as one replica would build it, started (connecting in
+/// the background; it may never manage to).
+fn started_store_with(config: &Config, metrics: Arc<Metrics>) -> RedisStore {
     let StoreKind::Redis(redis) = &config.session.store else {
         panic!("not a redis configuration")
     };
-    let store = Arc::new(
-        RedisStore::new(
-            redis,
-            &config.session,
-            IdentityRules::new(config),
-            Duration::from_secs(60),
-            metrics,
-        )
-        .unwrap(),
-    );
+    let store = RedisStore::new(
+        redis,
+        &config.session,
+        IdentityRules::new(config),
+        Duration::from_secs(60),
+        metrics,
+    )
+    .unwrap();
     store.start();
+    store
+}
+
+fn started_store(config: &Config) -> RedisStore {
+    started_store_with(config, Arc::new(Metrics::new().unwrap()))
+}
+
+/// A Redis store on `url` as one replica would build it, connected.
+async fn redis_store(config: &Config, metrics: Arc<Metrics>) -> Arc<RedisStore> {
+    let store = Arc::new(started_store_with(config, metrics));
     for _ in 0..200 {
         if store.ready().await {
             return store;
@@ -482,19 +491,7 @@ async fn rediss_with_a_ca_file_and_a_password_passes_the_suite() {
             .redis_store(&url)
             .redis(&format!("ca_file = {:?}", redis.ca_file().unwrap())),
     ] {
-        let bad = config(conf);
-        let StoreKind::Redis(r) = &bad.session.store else {
-            unreachable!()
-        };
-        let store = RedisStore::new(
-            r,
-            &bad.session,
-            IdentityRules::new(&bad),
-            Duration::from_secs(60),
-            Arc::new(Metrics::new().unwrap()),
-        )
-        .unwrap();
-        store.start();
+        let store = started_store(&config(conf));
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!store.ready().await);
         let err = store.get(&SessionKey::generate()).await;
@@ -560,18 +557,7 @@ async fn a_password_inside_the_url_works_and_the_password_key_overrides_it() {
             .redis_store(&url)
             .redis("password = \"not-it\""),
     );
-    let StoreKind::Redis(r) = &wrong.session.store else {
-        unreachable!()
-    };
-    let store = RedisStore::new(
-        r,
-        &wrong.session,
-        IdentityRules::new(&wrong),
-        Duration::from_secs(60),
-        Arc::new(Metrics::new().unwrap()),
-    )
-    .unwrap();
-    store.start();
+    let store = started_store(&wrong);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(store.get(&key).await.is_err());
 }
