@@ -6,7 +6,8 @@ tokens (so sessions refresh every 10 s), an upstream nginx (100-byte body)
 and a small WebSocket echo upstream. At once, for DURATION seconds:
   - wrk, 16 connections, an authenticated route (one session, refreshed
     throughout), and wrk, 8 connections, a skip-auth route;
-  - a thread logging in again and again (new sessions, new login cookies);
+  - a thread logging in and signing out again and again (new sessions,
+    new login cookies, each ended);
   - a thread of slow clients: a request head dribbled byte by byte until the
     head timeout cuts it, and an upload that stalls until the body timeout;
   - a thread of WebSocket clients: upgrade, ten echoed messages, close.
@@ -144,9 +145,14 @@ skip_auth = ["^/public/", "^/ws$"]
         cookie = o.login(base)
 
         def logins():
+            # Each login is signed out again, so the number of sessions
+            # stays level and any growth is a leak, not stored sessions.
             while not stop.is_set():
                 try:
-                    o.login(base, user=f"soak{counts['logins']}")
+                    c = o.login(base, user=f"soak{counts['logins']}")
+                    status, _ = o.http("GET", base + "/oauth2/sign_out", {"Cookie": c})
+                    if status != 302:
+                        counts["unexpected"].append(f"sign-out: {status}")
                     counts["logins"] += 1
                 except Exception as e:  # noqa: BLE001
                     counts["unexpected"].append(f"login: {e}")

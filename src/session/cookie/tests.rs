@@ -210,3 +210,57 @@ fn host_prefixed_cookies_are_secure_path_root_and_without_domain() {
     assert!(c.session_key(&request_with(&[&session])).is_some());
     assert!(c.login(&request_with(&[&login]), "st").is_some());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn a_session_cookie_round_trips_and_any_change_to_it_is_refused(
+            flip in 0usize..200,
+            secret in proptest::collection::vec(any::<u8>(), 32..64),
+        ) {
+            let c = Cookies::new(vec![Secret::new(secret)], "_emp", true, Duration::from_secs(60));
+            let key = SessionKey::generate();
+            let set = c.set_session(&key);
+            prop_assert_eq!(c.session_key(&request_with(&[&set])), Some(key));
+            // One character of the value changed: no session.
+            let text = set.to_str().unwrap();
+            let value = text.split(';').next().unwrap().split_once('=').unwrap().1;
+            let i = flip % value.len();
+            let mut bytes = value.as_bytes().to_vec();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let changed = text.replacen(value, std::str::from_utf8(&bytes).unwrap(), 1);
+            let changed = HeaderValue::try_from(changed).unwrap();
+            prop_assert_eq!(c.session_key(&request_with(&[&changed])), None);
+        }
+
+        #[test]
+        fn a_login_cookie_round_trips_any_state_and_return_url(
+            state in "[A-Za-z0-9_-]{1,64}",
+            rd in "/[ -~]{0,200}",
+        ) {
+            let c = cookies(&[&[3u8; 32]]);
+            let l = Cookies::new_login(state.clone(), "n".into(), "v".into(), rd.clone());
+            let set = c.set_login(&l).unwrap();
+            let got = c.login(&request_with(&[&set]), &state).unwrap();
+            prop_assert_eq!(got.state, state);
+            prop_assert_eq!(got.return_to, rd);
+        }
+
+        #[test]
+        fn arbitrary_cookie_headers_are_no_session_and_no_login(header in "[ -~]{0,300}") {
+            let c = cookies(&[&[3u8; 32]]);
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::try_from(header) {
+                h.insert(header::COOKIE, v);
+            }
+            prop_assert!(c.session_key(&h).is_none());
+            prop_assert!(c.login(&h, "state").is_none());
+            prop_assert!(c.prune_logins(&h, 0).len() <= 300);
+        }
+    }
+}
