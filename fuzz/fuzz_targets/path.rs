@@ -6,44 +6,8 @@
 use emp_sidecar::path::{canonical, for_each_form};
 use libfuzzer_sys::fuzz_target;
 
-/// What a strict upstream routes `path` to.
-fn strict(path: &str) -> String {
-    let decoded = String::from_utf8_lossy(
-        &path
-            .split('%')
-            .enumerate()
-            .flat_map(|(i, part)| {
-                if i == 0 {
-                    return part.as_bytes().to_vec();
-                }
-                match u8::from_str_radix(part.get(..2).unwrap_or("zz"), 16) {
-                    Ok(b) => std::iter::once(b).chain(part.as_bytes()[2..].iter().copied()).collect(),
-                    Err(_) => [b"%", part.as_bytes()].concat(),
-                }
-            })
-            .collect::<Vec<u8>>(),
-    )
-    .into_owned();
-    let mut out: Vec<&str> = Vec::new();
-    for seg in decoded.split('/').skip(1) {
-        match seg.split(';').next().unwrap_or_default() {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            _ => out.push(seg),
-        }
-    }
-    let mut s = String::new();
-    for seg in out {
-        s.push('/');
-        s.push_str(seg);
-    }
-    if s.is_empty() || decoded.ends_with('/') {
-        s.push('/');
-    }
-    s
-}
+#[path = "../../src/path/strict.rs"]
+mod strict;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(raw) = std::str::from_utf8(data) else {
@@ -68,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(!seg.starts_with(';'), "{c:?}");
     }
     // A strict app reads one of the forms rules are matched against.
-    let routed = strict(&c);
+    let routed = strict::strict_route(&c);
     let mut forms = Vec::new();
     for_each_form(&c, |f| {
         forms.push(f.to_string());

@@ -108,7 +108,11 @@ fn rules_see_every_reading_of_a_path() {
     assert_eq!(seen, 1);
 }
 
+#[path = "strict.rs"]
+mod strict;
+
 mod properties {
+    use super::strict::strict_route;
     use super::*;
     use proptest::prelude::*;
 
@@ -172,28 +176,5 @@ mod properties {
             prop_assert!(forms(&c).iter().any(|f| strip_params(f) == strict || *f == strict),
                 "{c:?}: {strict:?} not among {:?}", forms(&c));
         }
-    }
-
-    fn strict_route(path: &str) -> String {
-        let decoded = decode(path);
-        let mut out: Vec<&str> = Vec::new();
-        for seg in decoded.split('/').skip(1) {
-            match seg.split(';').next().unwrap_or_default() {
-                "" | "." => {}
-                ".." => {
-                    out.pop();
-                }
-                _ => out.push(seg),
-            }
-        }
-        let mut s = String::new();
-        for seg in out {
-            s.push('/');
-            s.push_str(seg);
-        }
-        if s.is_empty() || decoded.ends_with('/') {
-            s.push('/');
-        }
-        s
     }
 }
