@@ -266,20 +266,13 @@ impl Session {
     }
 
     pub fn tokens(&self) -> Arc<Tokens> {
-        match self.tokens.lock() {
-            Ok(t) => t.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        lock(&self.tokens).clone()
     }
 
     /// Takes over the tokens and generation of a newer copy of this
     /// session (another replica's refresh).
     pub fn adopt(&self, newer: &Session) {
-        let tokens = newer.tokens();
-        match self.tokens.lock() {
-            Ok(mut t) => *t = tokens,
-            Err(poisoned) => *poisoned.into_inner() = tokens,
-        }
+        *lock(&self.tokens) = newer.tokens();
         self.generation.store(
             newer.generation.load(std::sync::atomic::Ordering::Acquire),
             std::sync::atomic::Ordering::Release,
@@ -287,11 +280,7 @@ impl Session {
     }
 
     pub fn set_tokens(&self, tokens: Tokens) {
-        let new = Arc::new(tokens);
-        match self.tokens.lock() {
-            Ok(mut t) => *t = new,
-            Err(poisoned) => *poisoned.into_inner() = new,
-        }
+        *lock(&self.tokens) = Arc::new(tokens);
     }
 }
 
