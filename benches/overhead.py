@@ -180,6 +180,37 @@ def login(sidecar, user="bench"):
     return session[0]
 
 
+def sidecar_conf(path, port, up_port, emp_port, server="", log_level="info", claims=True,
+                 session="", skip_auth='"^/public/"'):
+    """Writes the benchmarks' sidecar configuration to `path`: listening on
+    `port`, the upstream on `up_port`, the mock EMP on `emp_port` (DR profile
+    on). `server` and `session` are extra lines for those sections; with
+    `claims`, two claim headers are injected."""
+    claim_headers = ('[headers.claims]\n"X-Auth-Request-User" = "/sub"\n'
+                     '"X-Auth-Request-Email" = "/email"\n') if claims else ""
+    path.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+{server}
+[log]
+level = "{log_level}"
+format = "json"
+[upstream]
+url = "http://127.0.0.1:{up_port}"
+[provider]
+base_url = "http://127.0.0.1:{emp_port}"
+client_id = "demo-app-key"
+redirect_url = "http://127.0.0.1:{port}/oauth2/callback"
+profile = true
+{claim_headers}[session]
+cookie_secret = "YmVuY2gtb25seS1jb29raWUtc2VjcmV0LTMyLWJ5dGVz"
+{session}
+[routes]
+skip_auth = [{skip_auth}]
+""")
+    return path
+
+
 def stop_all(procs):
     """Signals each (process, signal) pair, waits (15 s at most), then kills."""
     for p, sig in procs:
@@ -243,29 +274,9 @@ def main():
         }}
     }}"""))
         procs.append((ngx, signal.SIGQUIT))
-        sc_conf = Path(tmp) / "sidecar.toml"
-        sc_conf.write_text(f"""
-[server]
-listen = "127.0.0.1:{sc_port}"
-{f"workers = {args.workers}" if args.workers is not None else ""}
-[log]
-level = "info"
-format = "json"
-[upstream]
-url = "http://127.0.0.1:{up_port}"
-[provider]
-base_url = "http://127.0.0.1:{emp_port}"
-client_id = "demo-app-key"
-redirect_url = "http://127.0.0.1:{sc_port}/oauth2/callback"
-profile = true
-[headers.claims]
-"X-Auth-Request-User" = "/sub"
-"X-Auth-Request-Email" = "/email"
-[session]
-cookie_secret = "YmVuY2gtb25seS1jb29raWUtc2VjcmV0LTMyLWJ5dGVz"
-[routes]
-skip_auth = ["^/public/"]
-""")
+        sc_conf = sidecar_conf(
+            Path(tmp) / "sidecar.toml", sc_port, up_port, emp_port,
+            server=f"workers = {args.workers}" if args.workers is not None else "")
         sc_log = open(Path(tmp) / "sidecar.log", "w")
         sc = subprocess.Popen([str(binary), "--config", str(sc_conf)], stdout=sc_log,
                               stderr=subprocess.STDOUT)

@@ -43,32 +43,6 @@ def redis_calls(port):
                for line in out.splitlines() if line.startswith("cmdstat_"))
 
 
-def sidecar_conf(tmp, name, port, up_port, emp_port, redis_port=None):
-    store = (f'store = "redis"\n[session.redis]\nurl = "redis://127.0.0.1:{redis_port}"\n'
-             if redis_port else "")
-    conf = Path(tmp) / f"{name}.toml"
-    conf.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[log]
-level = "info"
-format = "json"
-[upstream]
-url = "http://127.0.0.1:{up_port}"
-[provider]
-base_url = "http://127.0.0.1:{emp_port}"
-client_id = "demo-app-key"
-redirect_url = "http://127.0.0.1:{port}/oauth2/callback"
-profile = true
-[headers.claims]
-"X-Auth-Request-User" = "/sub"
-"X-Auth-Request-Email" = "/email"
-[session]
-cookie_secret = "YmVuY2gtb25seS1jb29raWUtc2VjcmV0LTMyLWJ5dGVz"
-{store}""")
-    return conf
-
-
 def logins_per_second(replicas, seconds, threads=16):
     """Complete logins (start, mock EMP form, callback) per second."""
     done = [0] * threads
@@ -132,7 +106,10 @@ def main():
         sidecars = {}
         for name, port, rport in [("mem", mem_port, None)] + [
                 (f"redis{i}", p, redis_port) for i, p in enumerate(red_ports)]:
-            conf = sidecar_conf(tmp, name, port, up_port, emp_port, rport)
+            store = f'store = "redis"\n[session.redis]\nurl = "redis://127.0.0.1:{rport}"' \
+                if rport else ""
+            conf = o.sidecar_conf(Path(tmp) / f"{name}.toml", port, up_port, emp_port,
+                                  session=store)
             log = open(Path(tmp) / f"{name}.log", "w")
             p = subprocess.Popen([binary, "--config", str(conf)], stdout=log,
                                  stderr=subprocess.STDOUT)

@@ -116,26 +116,10 @@ def main():
             proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade";
             proxy_read_timeout 3600s; }} }}"""))
         procs.append((up, signal.SIGQUIT))
-        conf = Path(tmp) / "sidecar.toml"
-        conf.write_text(f"""
-[server]
-listen = "127.0.0.1:{sc_port}"
-header_read_timeout = "2s"
-body_read_timeout = "2s"
-[log]
-level = "warn"
-[upstream]
-url = "http://127.0.0.1:{up_port}"
-[provider]
-base_url = "http://127.0.0.1:{emp_port}"
-client_id = "demo-app-key"
-redirect_url = "http://127.0.0.1:{sc_port}/oauth2/callback"
-profile = true
-[session]
-cookie_secret = "YmVuY2gtb25seS1jb29raWUtc2VjcmV0LTMyLWJ5dGVz"
-[routes]
-skip_auth = ["^/public/", "^/ws$"]
-""")
+        conf = o.sidecar_conf(
+            Path(tmp) / "sidecar.toml", sc_port, up_port, emp_port,
+            server='header_read_timeout = "2s"\nbody_read_timeout = "2s"', log_level="warn",
+            claims=False, skip_auth='"^/public/", "^/ws$"')
         log = open(Path(tmp) / "sidecar.log", "w")
         sc = subprocess.Popen([binary, "--config", str(conf)], stdout=log, stderr=subprocess.STDOUT)
         procs.append((sc, signal.SIGTERM))
