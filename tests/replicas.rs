@@ -34,6 +34,18 @@ fn replicas(conf: &Conf, n: usize) -> (Vec<Process>, Vec<tempfile::TempDir>) {
     (procs, dirs)
 }
 
+/// A Redis, a mock EMP issuing tokens that live `token_lifetime`, and the
+/// configuration replicas share: the test upstream, that EMP, that Redis.
+async fn world(token_lifetime: Duration) -> (Redis, emp_sidecar::mock_emp::MockEmp, Conf) {
+    let redis = Redis::start();
+    let up = upstream::start(None).await;
+    let emp = support::mock_emp(token_lifetime).await;
+    let conf = Conf::new(&up.url())
+        .emp(&emp.base_url())
+        .redis_store(&redis.url());
+    (redis, emp, conf)
+}
+
 /// The same URL on another replica.
 fn on(p: &Process, url: &str) -> String {
     let u = url::Url::parse(url).unwrap();
@@ -43,12 +55,7 @@ fn on(p: &Process, url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_replica_serves_a_session_and_a_sign_out_reaches_all_of_them() {
-    let redis = Redis::start();
-    let up = upstream::start(None).await;
-    let emp = support::mock_emp(Duration::from_secs(3600)).await;
-    let conf = Conf::new(&up.url())
-        .emp(&emp.base_url())
-        .redis_store(&redis.url());
+    let (_redis, _emp, conf) = world(Duration::from_secs(3600)).await;
     let (r, _dirs) = replicas(&conf, 3);
 
     // The login starts on A and its callback lands on B.
@@ -96,12 +103,7 @@ async fn any_replica_serves_a_session_and_a_sign_out_reaches_all_of_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tabs_log_in_at_once_across_replicas_and_a_restart_logs_nobody_out() {
-    let redis = Redis::start();
-    let up = upstream::start(None).await;
-    let emp = support::mock_emp(Duration::from_secs(3600)).await;
-    let conf = Conf::new(&up.url())
-        .emp(&emp.base_url())
-        .redis_store(&redis.url());
+    let (_redis, _emp, conf) = world(Duration::from_secs(3600)).await;
     let (mut r, dirs) = replicas(&conf, 2);
 
     // Two tabs start on A and B; both come back, crossed over.
@@ -150,14 +152,9 @@ fn refresh_requests(emp: &emp_sidecar::mock_emp::MockEmp) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_refresh_window_sees_one_refresh_across_replicas_with_rotating_tokens() {
-    let redis = Redis::start();
-    let up = upstream::start(None).await;
     // 2 s tokens: a refresh is due 1 s after each is issued.
-    let emp = support::mock_emp(Duration::from_secs(2)).await;
+    let (redis, emp, conf) = world(Duration::from_secs(2)).await;
     emp.set_rotate_refresh_tokens(true);
-    let conf = Conf::new(&up.url())
-        .emp(&emp.base_url())
-        .redis_store(&redis.url());
     let (r, _dirs) = replicas(&conf, 3);
     let mut b = Browser::new();
     let resp = b.login(&r[0].url("/app/echo"), "alice").await;
@@ -245,13 +242,8 @@ async fn each_refresh_window_sees_one_refresh_across_replicas_with_rotating_toke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_while_refreshing_is_taken_over_and_the_session_survives() {
-    let redis = Redis::start();
-    let up = upstream::start(None).await;
-    let emp = support::mock_emp(Duration::from_secs(3)).await;
+    let (_redis, emp, conf) = world(Duration::from_secs(3)).await;
     emp.set_rotate_refresh_tokens(true);
-    let conf = Conf::new(&up.url())
-        .emp(&emp.base_url())
-        .redis_store(&redis.url());
     let (mut r, _dirs) = replicas(&conf, 2);
     let mut b = Browser::new();
     b.login(&r[0].url("/app/echo"), "alice").await;
@@ -308,17 +300,12 @@ async fn a_replica_killed_while_refreshing_is_taken_over_and_the_session_survive
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_behind_nginx_loses_no_request_and_no_session() {
-    let redis = Redis::start();
-    let up = upstream::start(None).await;
-    let emp = support::mock_emp(Duration::from_secs(3600)).await;
+    let (_redis, _emp, conf) = world(Duration::from_secs(3600)).await;
     let front = support::free_port();
     // The replicas' public callback is nginx's.
-    let conf = Conf::new(&up.url())
-        .emp(&emp.base_url())
-        .redis_store(&redis.url())
-        .provider(&format!(
-            "redirect_url = \"http://127.0.0.1:{front}/oauth2/callback\""
-        ));
+    let conf = conf.provider(&format!(
+        "redirect_url = \"http://127.0.0.1:{front}/oauth2/callback\""
+    ));
     let mut r = Vec::new();
     let mut dirs = Vec::new();
     for _ in 0..3 {
@@ -390,12 +377,7 @@ async fn a_rolling_restart_behind_nginx_loses_no_request_and_no_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_keeps_cached_sessions_answers_503_elsewhere_and_recovers() {
-    let mut redis = Redis::start();
-    let up = upstream::start(None).await;
-    let emp = support::mock_emp(Duration::from_secs(3600)).await;
-    let conf = Conf::new(&up.url())
-        .emp(&emp.base_url())
-        .redis_store(&redis.url());
+    let (mut redis, _emp, conf) = world(Duration::from_secs(3600)).await;
     let a = support::Sidecar::start(&conf).await;
     let b = support::Sidecar::start(&conf).await;
     let client = support::http_client();

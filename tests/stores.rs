@@ -26,6 +26,21 @@ fn config(conf: Conf) -> Config {
     Config::from_toml_str(&toml).expect("valid test config")
 }
 
+/// Tokens as a refresh answers them: `access_token`, refresh token `rt-2`.
+fn refreshed(access_token: &str) -> Tokens {
+    Tokens::issued(
+        TokenSet {
+            access_token: access_token.into(),
+            refresh_token: Some("rt-2".into()),
+            expires_in: Duration::from_secs(600),
+            backend_url: None,
+        },
+        Instant::now(),
+        Duration::from_secs(60),
+    )
+    .unwrap()
+}
+
 fn session(access_token: &str, user: &str, config: &Config) -> Arc<Session> {
     let tokens = Tokens::issued(
         TokenSet {
@@ -133,18 +148,7 @@ async fn suite(store: Arc<dyn SessionStore>, replica: Arc<dyn SessionStore>, con
 
     // A refresh saved through one copy is what the other reads.
     let on_replica = replica.get(&key).await.unwrap().unwrap();
-    let fresh = Tokens::issued(
-        TokenSet {
-            access_token: "at-2".into(),
-            refresh_token: Some("rt-2".into()),
-            expires_in: Duration::from_secs(600),
-            backend_url: None,
-        },
-        Instant::now(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    on_replica.set_tokens(fresh);
+    on_replica.set_tokens(refreshed("at-2"));
     assert!(
         replica
             .save_refreshed(&key, &on_replica, "rt-of-at-1")
@@ -322,19 +326,7 @@ async fn one_replica_holds_the_refresh_lease_and_the_others_adopt_its_result() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "B did not wait for the lease");
-    on_a.set_tokens(
-        Tokens::issued(
-            TokenSet {
-                access_token: "at-2".into(),
-                refresh_token: Some("rt-2".into()),
-                expires_in: Duration::from_secs(600),
-                backend_url: None,
-            },
-            Instant::now(),
-            Duration::from_secs(60),
-        )
-        .unwrap(),
-    );
+    on_a.set_tokens(refreshed("at-2"));
     assert!(a.save_refreshed(&key, &on_a, "rt-of-at-1").await.unwrap());
     drop(lease);
     let (adopted, waited) = waiting.await.unwrap();
