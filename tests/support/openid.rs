@@ -32,6 +32,14 @@ impl OpenIdProvider {
         self.node.events(name)
     }
 
+    /// The events named `name` once there are at least `count` (their
+    /// lines are read by another thread: waits at most 10 s).
+    pub fn events_at_least(&mut self, name: &str, count: usize) -> Vec<Value> {
+        self.node
+            .wait_for_count(name, count, Duration::from_secs(10));
+        self.events(name)
+    }
+
     /// Publishes a new key (`RS256` or `ES256`) and signs with it from now on.
     pub fn rotate(&mut self, alg: &str) -> String {
         let before = self.events("rotated").len();
