@@ -26,6 +26,7 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::io::Write;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
@@ -36,13 +37,21 @@ use crate::metrics::RouteClass;
 pub const TARGET: &str = "emp_sidecar::access";
 
 static OUT: OnceLock<Option<File>> = OnceLock::new();
+/// Whether the log filter lets `emp_sidecar::access` INFO events through.
+static ENABLED: AtomicBool = AtomicBool::new(false);
 
-/// Turns the hand-written JSON line on, writing to `out` (a duplicate of
-/// stdout). `telemetry::init` calls it only for the JSON format and when the
-/// filter lets `emp_sidecar::access` INFO events through. Left uninstalled,
-/// [`write`] reports `false` and the caller logs through tracing.
+/// Installs the hand-written JSON line, writing to `out` (a duplicate of
+/// stdout). `telemetry::init` calls it for the JSON format. Left
+/// uninstalled, or while [`set_enabled`] says the filter drops access
+/// lines, [`write`] reports `false` and the caller logs through tracing
+/// (which then drops the line, or formats it itself).
 pub fn install(out: Option<File>) {
     let _ = OUT.set(out);
+}
+
+/// Follows the log filter, at start and after each reload of `log.level`.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
 }
 
 thread_local! {
@@ -129,11 +138,15 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
 }
 
-/// Writes the line; `false` when the JSON writer is not installed.
+/// Writes the line; `false` when the JSON writer is not installed or the
+/// filter drops access lines.
 pub fn write(entry: &Entry<'_>) -> bool {
     let Some(out) = OUT.get() else {
         return false;
     };
+    if !ENABLED.load(Ordering::Relaxed) {
+        return false;
+    }
     BUF.with(|cell| {
         let Ok(mut line) = cell.try_borrow_mut() else {
             return;

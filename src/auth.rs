@@ -119,6 +119,15 @@ impl Auth {
         }
     }
 
+    /// Applies the secrets of a reloaded configuration (`SIGHUP`): the
+    /// cookie secrets and the provider's client secret.
+    pub fn set_secrets(&self, config: &Config) -> Result<(), String> {
+        self.provider
+            .set_client_secret(config.provider.client_secret.as_ref())?;
+        self.cookies.set_secrets(&config.session.cookie_secrets);
+        Ok(())
+    }
+
     /// Starts the session store's background work.
     pub fn start_store(&self) {
         self.store.start();

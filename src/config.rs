@@ -39,6 +39,19 @@ pub struct Config {
     pub token: TokenConfig,
     pub headers: HeadersConfig,
     pub routes: RoutesConfig,
+    /// The merged layers the values came from, for [`Config::changed_keys`].
+    layers: Layers,
+}
+
+/// The merged layers as figment read them. They hold secrets inline, so
+/// `Debug` shows nothing of them.
+#[derive(Clone, Default)]
+struct Layers(figment::value::Dict);
+
+impl fmt::Debug for Layers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Layers({} sections)", self.0.len())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -388,12 +401,54 @@ impl Config {
                 token: TokenConfig { refresh_margin },
                 headers,
                 routes,
+                layers: Layers(
+                    figment
+                        .find_value("")
+                        .ok()
+                        .and_then(Value::into_dict)
+                        .unwrap_or_default(),
+                ),
             }),
             _ => Err(Problems(vec![Problem {
                 key: "config".into(),
                 message: "incomplete configuration".into(),
                 source: None,
             }])),
+        }
+    }
+}
+
+impl Config {
+    /// The dotted keys whose value differs between `self` and `newer`, as
+    /// written in the layers (a key set in one and absent from the other
+    /// counts). A secret read from a `_file` key is compared by its path
+    /// only; the reload applies the live secrets whatever their files say.
+    pub fn changed_keys(&self, newer: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        diff_dicts("", &self.layers.0, &newer.layers.0, &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn diff_dicts(
+    prefix: &str,
+    a: &figment::value::Dict,
+    b: &figment::value::Dict,
+    out: &mut Vec<String>,
+) {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (a.get(k), b.get(k)) {
+            (Some(Value::Dict(_, x)), Some(Value::Dict(_, y))) => diff_dicts(&key, x, y, out),
+            // figment's `Value` equality ignores where a value came from.
+            (x, y) if x == y => {}
+            _ => out.push(key),
         }
     }
 }

@@ -49,6 +49,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:4180")]
         listen: SocketAddr,
     },
+    /// Ask a running sidecar to reload its configuration (sends it SIGHUP,
+    /// as `nginx -s reload`); in its container, the sidecar is PID 1.
+    Reload {
+        #[arg(long, default_value_t = 1)]
+        pid: i32,
+    },
     /// Run the mock EMP alone (local development without LG credentials).
     MockEmp {
         #[arg(long)]
@@ -77,6 +83,7 @@ fn main() -> ExitCode {
             };
             return exit(mock_emp(listen, options));
         }
+        Some(Command::Reload { pid }) => return exit(send_hangup(pid)),
         Some(Command::CheckConfig) | None => {}
     }
     let loaded = match load(&cli.config) {
@@ -91,7 +98,23 @@ fn main() -> ExitCode {
         println!("configuration OK ({})", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    exit(serve(loaded))
+    exit(serve(&cli.config, loaded))
+}
+
+#[cfg(target_os = "linux")]
+fn send_hangup(pid: i32) -> anyhow::Result<()> {
+    anyhow::ensure!(pid > 0, "--pid: a process id, not {pid}");
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("signalling process {pid}"));
+    }
+    println!("SIGHUP sent to process {pid}; its log tells how the reload went");
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_hangup(pid: i32) -> anyhow::Result<()> {
+    anyhow::bail!("reload: send SIGHUP to process {pid} with kill -HUP")
 }
 
 fn exit(result: anyhow::Result<()>) -> ExitCode {
@@ -172,10 +195,15 @@ fn load(path: &std::path::Path) -> Result<(Config, server::Prepared, Arc<Metrics
 }
 
 fn serve(
+    path: &std::path::Path,
     (config, prepared, metrics): (Config, server::Prepared, Arc<Metrics>),
 ) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         telemetry::init(&config.log);
+        // From here a SIGHUP reloads instead of ending the process.
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("listening for SIGHUP")?;
+        let reloader = prepared.reloader(path, &config, metrics.clone());
         let main = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
@@ -199,7 +227,16 @@ fn serve(
             main,
             metrics: metrics_listener,
         };
+        let reloader = Arc::new(reloader);
+        let reloads = tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                // File reads: off the runtime that accepts connections.
+                let r = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || r.reload_and_log()).await;
+            }
+        });
         server::run(config, prepared, listeners, metrics, shutdown_signal()).await;
+        reloads.abort();
         Ok(())
     })
 }

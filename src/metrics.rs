@@ -447,6 +447,8 @@ pub struct Metrics {
     /// (`server.rs`, giving memory back after bursts).
     pub connections_high: std::sync::atomic::AtomicI64,
     connection_limits: IntCounter,
+    /// `SIGHUP` reloads: applied, failed.
+    config_reloads: [IntCounter; 2],
     logins: Vec<IntCounter>,
     refreshes: Vec<IntCounter>,
     idp_durations: Vec<Histogram>,
@@ -534,6 +536,13 @@ impl Metrics {
             "emp_sidecar_connection_limit_reached_total",
             "Times server.max_connections was reached and new connections had to wait",
         )?;
+        let reloads_vec = IntCounterVec::new(
+            Opts::new(
+                "emp_sidecar_config_reloads_total",
+                "Configuration reloads on SIGHUP, by result (failed: the previous configuration stays)",
+            ),
+            &["result"],
+        )?;
         let in_flight = IntGauge::new(
             "emp_sidecar_http_requests_in_flight",
             "Requests received whose response has not finished yet",
@@ -589,6 +598,7 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connection_limits.clone()))?;
+        registry.register(Box::new(reloads_vec.clone()))?;
 
         let requests = RouteClass::ALL
             .iter()
@@ -659,6 +669,7 @@ impl Metrics {
             connections_open,
             connections_high: std::sync::atomic::AtomicI64::new(0),
             connection_limits,
+            config_reloads: ["applied", "failed"].map(|r| reloads_vec.with_label_values(&[r])),
         })
     }
 
@@ -686,6 +697,11 @@ impl Metrics {
         if main {
             self.connection_limits.inc();
         }
+    }
+
+    /// A `SIGHUP` reload was applied (`true`) or refused (`false`).
+    pub fn config_reload(&self, applied: bool) {
+        self.config_reloads[usize::from(!applied)].inc();
     }
 
     pub fn client_error(&self, kind: ClientErrorKind) {

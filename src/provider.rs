@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use url::Url;
 
-use crate::config::{Config, ProviderKind};
+use crate::config::{Config, ProviderKind, Secret};
 use crate::metrics::Metrics;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -183,6 +183,12 @@ pub trait Provider: Send + Sync {
         refresh_token: &'a str,
         subject: Option<&'a str>,
     ) -> BoxFuture<'a, Result<TokenSet, IdpError>>;
+    /// Uses `secret` for the token calls from now on (`SIGHUP`). Providers
+    /// without a client secret (EMP) ignore it.
+    fn set_client_secret(&self, secret: Option<&Secret>) -> Result<(), String> {
+        let _ = secret;
+        Ok(())
+    }
 }
 
 /// The largest IdP answer read (token, profile, userinfo, discovery,

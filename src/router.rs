@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
@@ -44,9 +45,24 @@ pub struct Conn {
     pub listener: Listener,
 }
 
+/// The request rules a reload replaces (`SIGHUP`), shared by every worker.
+pub struct Rules {
+    /// `routes.skip_auth`.
+    pub skip_auth: regex::RegexSet,
+}
+
+impl Rules {
+    pub fn new(config: &Config) -> Rules {
+        Rules {
+            skip_auth: config.routes.skip_auth.clone(),
+        }
+    }
+}
+
 /// Shared state of the running sidecar.
 pub struct App {
     pub config: Arc<Config>,
+    rules: Arc<ArcSwap<Rules>>,
     pub metrics: Arc<Metrics>,
     upstream: Upstream,
     auth: Arc<Auth>,
@@ -101,12 +117,14 @@ impl Route {
 impl App {
     pub fn new(
         config: Arc<Config>,
+        rules: Arc<ArcSwap<Rules>>,
         metrics: Arc<Metrics>,
         upstream: Upstream,
         auth: Arc<Auth>,
     ) -> Self {
         Self {
             config,
+            rules,
             metrics,
             upstream,
             auth,
@@ -138,8 +156,8 @@ impl App {
             // Public only when every reading of the path is: a `;`
             // parameter or an escaped `?` cannot widen a rule.
             (Listener::Main, p) => {
-                let skip = &self.config.routes.skip_auth;
-                if path::for_each_form(p, |form| skip.is_match(form)) {
+                let rules = self.rules.load();
+                if path::for_each_form(p, |form| rules.skip_auth.is_match(form)) {
                     Route::Public
                 } else {
                     Route::Protected

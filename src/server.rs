@@ -6,8 +6,11 @@
 //! in-flight requests, and `run` returns when all are done or
 //! `server.shutdown_timeout` has passed.
 
+mod reload;
 mod sched;
 pub mod tls;
+
+pub use reload::Reloader;
 
 use crate::activity::{self, ConnActivity};
 
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -31,7 +35,7 @@ use crate::auth::Auth;
 use crate::config::{Config, Problem, Problems, StoreKind, WorkerScheduling};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
-use crate::router::{App, Conn, Listener};
+use crate::router::{App, Conn, Listener, Rules};
 use crate::session::memory::MemoryStore;
 use crate::session::redis::RedisStore;
 use crate::session::{IdentityRules, SessionStore};
@@ -51,6 +55,27 @@ pub struct Prepared {
     auth: Arc<Auth>,
     /// One upstream client (and so one connection pool) per worker.
     upstreams: Vec<Upstream>,
+    /// The request rules every worker reads, replaced by a reload.
+    rules: Arc<ArcSwap<Rules>>,
+}
+
+impl Prepared {
+    /// What applies a reloaded configuration to this server (`SIGHUP`);
+    /// `running` is the configuration it was prepared from.
+    pub fn reloader(
+        &self,
+        path: &std::path::Path,
+        running: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
+        Reloader::new(
+            path,
+            running,
+            self.auth.clone(),
+            self.rules.clone(),
+            metrics,
+        )
+    }
 }
 
 /// How many worker threads `server.workers` asks for (0: one per CPU, as
@@ -111,6 +136,7 @@ pub fn prepare(config: &Config, metrics: Arc<Metrics>) -> Result<Prepared, Probl
                 tls,
                 auth,
                 upstreams,
+                rules: Arc::new(ArcSwap::from_pointee(Rules::new(config))),
             })
         }
         _ => Err(Problems(problems)),
@@ -160,6 +186,7 @@ pub async fn run(
         let worker = Worker {
             app: Arc::new(App::new(
                 config.clone(),
+                prepared.rules.clone(),
                 metrics.clone(),
                 upstream,
                 prepared.auth.clone(),

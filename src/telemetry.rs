@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::os::fd::AsFd as _;
+use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -47,32 +48,73 @@ impl<'a> MakeWriter<'a> for StdoutFd {
     }
 }
 
-/// Installs the global subscriber.
-pub fn init(cfg: &LogConfig) {
-    let filter = std::env::var("RUST_LOG")
+/// Replaces the filter of the installed subscriber.
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static SET_FILTER: OnceLock<SetFilter> = OnceLock::new();
+
+/// Whether `RUST_LOG` holds a filter, which then wins over `log.level`.
+fn rust_log() -> Option<EnvFilter> {
+    std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::builder().parse(v).ok())
-        .unwrap_or_else(|| EnvFilter::new(&cfg.level));
+}
+
+/// Installs the global subscriber.
+pub fn init(cfg: &LogConfig) {
+    let filter = rust_log().unwrap_or_else(|| EnvFilter::new(&cfg.level));
     let out = StdoutFd(dup_stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(out);
-    match cfg.format {
+    let set: SetFilter = match cfg.format {
         LogFormat::Json => {
-            builder
+            let builder = builder
                 .json()
                 .flatten_event(true)
                 .with_current_span(false)
                 .with_span_list(false)
-                .init();
-            // The filter is fixed from here on: decide once whether access
-            // lines are written, and then write them by hand.
-            if tracing::enabled!(target: crate::access_log::TARGET, tracing::Level::INFO) {
-                crate::access_log::install(dup_stdout());
-            }
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            // Access lines are written by hand, past the subscriber; the
+            // filter decides whether they are written (`access_lines_follow_the_filter`).
+            crate::access_log::install(dup_stdout());
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
         }
-        LogFormat::Pretty => builder.with_target(false).init(),
+        LogFormat::Pretty => {
+            let builder = builder.with_target(false).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        }
+    };
+    let _ = SET_FILTER.set(set);
+    access_lines_follow_the_filter();
+}
+
+/// Sets `log.level` while running (`SIGHUP`). `Ok(false)`: not applied,
+/// since `RUST_LOG` is set and wins.
+pub fn set_level(level: &str) -> Result<bool, String> {
+    if rust_log().is_some() {
+        return Ok(false);
     }
+    let filter = EnvFilter::builder()
+        .parse(level)
+        .map_err(|e| format!("log.level {level:?}: {e}"))?;
+    match SET_FILTER.get() {
+        Some(set) => set(filter)?,
+        None => return Err("logging is not set up".into()),
+    }
+    access_lines_follow_the_filter();
+    Ok(true)
+}
+
+fn access_lines_follow_the_filter() {
+    crate::access_log::set_enabled(tracing::enabled!(
+        target: crate::access_log::TARGET,
+        tracing::Level::INFO
+    ));
 }
 
 /// A duplicate of the stdout descriptor; `None` when stdout is closed.

@@ -292,3 +292,31 @@ fn host_prefixed_cookie_names_need_secure_cookies() {
         assert_eq!(keys, ["session.cookie_secure"], "{name}");
     }
 }
+
+#[test]
+fn changed_keys_names_each_leaf_that_differs_and_nothing_else() {
+    let a = Config::from_toml_str(&minimal()).unwrap();
+    assert!(a.changed_keys(&a.clone()).is_empty());
+    // The same values written another way (a default spelled out) are no change.
+    let same = format!("{}\n[server]\nmax_header_bytes = 32768\n", minimal());
+    assert!(
+        a.changed_keys(&Config::from_toml_str(&same).unwrap())
+            .is_empty()
+    );
+    let b = Config::from_toml_str(&format!(
+        "{}\n[server]\nmax_header_bytes = 16384\n[routes]\nskip_auth = [\"^/p/\"]\n[headers.claims]\n\"X-A\" = \"/a\"\n",
+        minimal().replace("app-key", "other-key")
+    ))
+    .unwrap();
+    assert_eq!(
+        a.changed_keys(&b),
+        [
+            "headers.claims.X-A",
+            "provider.client_id",
+            "routes.skip_auth",
+            "server.max_header_bytes"
+        ]
+    );
+    // Nothing secret in the debug form of what is compared.
+    assert!(!format!("{a:?}").contains(SECRET));
+}

@@ -21,6 +21,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::header;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
@@ -31,7 +32,7 @@ use super::{
     BoxFuture, Callback, Endpoint, IdTokenFailure, IdpError, LoginRequest, Provider, TokenSet,
     call, endpoint, token_set, wire,
 };
-use crate::config::{ProviderConfig, ProviderKind, TokenAuthMethod};
+use crate::config::{ProviderConfig, ProviderKind, Secret, TokenAuthMethod};
 use crate::metrics::Metrics;
 
 /// After a failed discovery, the next attempt waits this long.
@@ -68,7 +69,8 @@ pub struct Oidc {
     kind: ProviderKind,
     base: Url,
     client_id: String,
-    client_secret: String,
+    /// Replaced by a reload (`SIGHUP`).
+    client_secret: ArcSwap<String>,
     auth_method: TokenAuthMethod,
     redirect_uri: String,
     scope: String,
@@ -107,24 +109,26 @@ fn scopes(kind: ProviderKind, configured: &str) -> String {
     list.join(" ")
 }
 
+fn client_secret_text(secret: Option<&Secret>) -> Result<String, String> {
+    secret
+        .map(|s| String::from_utf8(s.expose().to_vec()))
+        .transpose()
+        .map_err(|_| "provider.client_secret: must be UTF-8 text".to_string())
+        .map(Option::unwrap_or_default)
+}
+
 impl Oidc {
     pub fn new(
         cfg: &ProviderConfig,
         http: reqwest::Client,
         metrics: Arc<Metrics>,
     ) -> Result<Oidc, String> {
-        let client_secret = cfg
-            .client_secret
-            .as_ref()
-            .map(|s| String::from_utf8(s.expose().to_vec()))
-            .transpose()
-            .map_err(|_| "provider.client_secret: must be UTF-8 text".to_string())?
-            .unwrap_or_default();
+        let client_secret = client_secret_text(cfg.client_secret.as_ref())?;
         Ok(Oidc {
             kind: cfg.kind,
             base: cfg.base_url.clone(),
             client_id: cfg.client_id.clone(),
-            client_secret,
+            client_secret: ArcSwap::from_pointee(client_secret),
             auth_method: cfg.token_auth_method,
             redirect_uri: cfg.redirect_url.to_string(),
             scope: scopes(cfg.kind, &cfg.scope),
@@ -348,6 +352,8 @@ impl Oidc {
         meta: &Metadata,
         mut form: Vec<(&str, &str)>,
     ) -> Result<Value, IdpError> {
+        let client_secret = self.client_secret.load_full();
+        let client_secret = client_secret.as_str();
         let mut req = self
             .http
             .post(meta.token_endpoint.clone())
@@ -355,14 +361,14 @@ impl Oidc {
         match self.auth_method {
             TokenAuthMethod::ClientSecretPost => {
                 form.push(("client_id", &self.client_id));
-                form.push(("client_secret", &self.client_secret));
+                form.push(("client_secret", client_secret));
             }
             TokenAuthMethod::ClientSecretBasic => {
                 // RFC 6749 2.3.1: both parts form-urlencoded before Basic.
                 let enc = |s: &str| {
                     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
                 };
-                req = req.basic_auth(enc(&self.client_id), Some(enc(&self.client_secret)));
+                req = req.basic_auth(enc(&self.client_id), Some(enc(client_secret)));
             }
         }
         let body = serde_urlencoded::to_string(&form)
@@ -375,7 +381,7 @@ impl Oidc {
             .iter()
             .filter(|(k, _)| !matches!(*k, "grant_type" | "redirect_uri" | "client_id"))
             .map(|(_, v)| *v)
-            .chain([self.client_secret.as_str()])
+            .chain([client_secret])
             .collect();
         call(&self.metrics, endpoint, req, &secrets).await
     }
@@ -419,6 +425,12 @@ impl Oidc {
 }
 
 impl Provider for Oidc {
+    fn set_client_secret(&self, secret: Option<&Secret>) -> Result<(), String> {
+        self.client_secret
+            .store(Arc::new(client_secret_text(secret)?));
+        Ok(())
+    }
+
     fn authorize_url<'a>(
         &'a self,
         login: &'a LoginRequest,

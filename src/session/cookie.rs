@@ -20,6 +20,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cookie::{Cookie, SameSite};
@@ -138,10 +139,8 @@ fn unix_now_ms() -> u64 {
 }
 
 pub struct Cookies {
-    /// One HMAC per secret, keyed once; cloned for each use.
-    keys: Vec<HmacSha256>,
-    /// One login-cookie key per secret: the first seals, all open.
-    login_keys: Vec<SealKey>,
+    /// Replaced as a whole when the secrets change (`SIGHUP`).
+    keys: ArcSwap<Keys>,
     pub session_name: String,
     /// `<cookie_name>_csrf_`: every login cookie's name starts so.
     login_prefix: String,
@@ -149,24 +148,44 @@ pub struct Cookies {
     session_max_age: Duration,
 }
 
+/// What the cookie secrets key: the first signs and seals, all verify.
+struct Keys {
+    /// One HMAC per secret, keyed once; cloned for each use.
+    macs: Vec<HmacSha256>,
+    /// One login-cookie key per secret.
+    login: Vec<SealKey>,
+}
+
+impl Keys {
+    fn new(secrets: &[Secret]) -> Self {
+        Keys {
+            macs: secrets
+                .iter()
+                .filter_map(|s| <HmacSha256 as KeyInit>::new_from_slice(s.expose()).ok())
+                .collect(),
+            login: secrets
+                .iter()
+                .filter_map(|s| SealKey::derive(s.expose(), b"login cookie v1"))
+                .collect(),
+        }
+    }
+}
+
 impl Cookies {
     pub fn new(secrets: Vec<Secret>, name: &str, secure: bool, lifetime: Duration) -> Self {
-        let keys = secrets
-            .iter()
-            .filter_map(|s| <HmacSha256 as KeyInit>::new_from_slice(s.expose()).ok())
-            .collect();
-        let login_keys = secrets
-            .iter()
-            .filter_map(|s| SealKey::derive(s.expose(), b"login cookie v1"))
-            .collect();
         Self {
-            keys,
-            login_keys,
+            keys: ArcSwap::from_pointee(Keys::new(&secrets)),
             session_name: name.to_string(),
             login_prefix: format!("{name}_csrf_"),
             secure,
             session_max_age: lifetime,
         }
+    }
+
+    /// Signs and verifies with `secrets` from now on (`SIGHUP`): cookies
+    /// that only a dropped secret signed are no session from here.
+    pub fn set_secrets(&self, secrets: &[Secret]) {
+        self.keys.store(std::sync::Arc::new(Keys::new(secrets)));
     }
 
     fn mac(key: &HmacSha256, name: &str, value: &str) -> HmacSha256 {
@@ -180,6 +199,8 @@ impl Cookies {
     fn sign(&self, name: &str, value: &str) -> String {
         let tag = self
             .keys
+            .load()
+            .macs
             .first()
             .map(|k| URL_SAFE_NO_PAD.encode(Self::mac(k, name, value).finalize().into_bytes()))
             .unwrap_or_default();
@@ -198,6 +219,7 @@ impl Cookies {
     /// The verified value of cookie `name`, if the request carries one that
     /// any configured secret signed.
     fn read(&self, headers: &HeaderMap, name: &str) -> Option<String> {
+        let keys = self.keys.load();
         for c in Self::all(headers) {
             if c.name() != name {
                 continue;
@@ -208,8 +230,8 @@ impl Cookies {
             let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else {
                 continue;
             };
-            let valid = self
-                .keys
+            let valid = keys
+                .macs
                 .iter()
                 .any(|k| Self::mac(k, name, value).verify_slice(&tag).is_ok());
             if valid {
@@ -259,14 +281,21 @@ impl Cookies {
     pub fn set_login(&self, login: &PendingLogin) -> Option<HeaderValue> {
         let name = self.login_name(&login.state);
         let plain = serde_json::to_vec(login).ok()?;
-        let sealed = self.login_keys.first()?.seal(name.as_bytes(), &plain)?;
+        let sealed = self
+            .keys
+            .load()
+            .login
+            .first()?
+            .seal(name.as_bytes(), &plain)?;
         Some(self.set(&name, URL_SAFE_NO_PAD.encode(sealed), LOGIN_COOKIE_TTL))
     }
 
     fn open_login(&self, name: &str, value: &str) -> Option<PendingLogin> {
         let sealed = URL_SAFE_NO_PAD.decode(value).ok()?;
         let plain = self
-            .login_keys
+            .keys
+            .load()
+            .login
             .iter()
             .find_map(|k| k.open(name.as_bytes(), &sealed))?;
         let login: PendingLogin = serde_json::from_slice(&plain).ok()?;
