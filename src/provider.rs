@@ -243,13 +243,12 @@ pub(crate) async fn call(
         });
     }
     if status.is_client_error() {
-        let (code, message) = wire::error_details(&body);
-        let clean = |text: Option<String>| text.map(|t| redact(t, secrets));
+        let (code, message) = error_text(&body, secrets);
         return Err(IdpError::Rejected {
             endpoint,
             status: status.as_u16(),
-            code: clean(code),
-            message: clean(message),
+            code,
+            message,
         });
     }
     if status.is_server_error() {
@@ -262,6 +261,15 @@ pub(crate) async fn call(
         endpoint,
         reason: format!("unexpected HTTP {status}"),
     })
+}
+
+/// The code and message of an IdP's error body, secrets cut out, then
+/// clipped to [`wire::MAX_MESSAGE`] (clipped first, a secret across the
+/// cut would have left its first part behind).
+pub fn error_text(body: &[u8], secrets: &[&str]) -> (Option<String>, Option<String>) {
+    let (code, message) = wire::error_details(body);
+    let clean = |text: Option<String>| text.map(|t| wire::clip(redact(t, secrets)));
+    (clean(code), clean(message))
 }
 
 /// `text` with every secret (as sent, or form-encoded) replaced by
@@ -380,5 +388,20 @@ mod tests {
         );
         // Values too short to be secrets are left alone.
         assert_eq!(redact("a short word".into(), &["short"]), "a short word");
+    }
+
+    #[test]
+    fn a_secret_across_the_clip_is_cut_whole() {
+        let rt = "refresh-token-0123456789abcdef0123456789";
+        // The token starts 10 bytes before the clip.
+        let body = format!(
+            r#"{{"error":"invalid_grant","error_description":"{}{rt} is revoked"}}"#,
+            "x".repeat(wire::MAX_MESSAGE - 10)
+        );
+        let (code, message) = error_text(body.as_bytes(), &[rt]);
+        assert_eq!(code.as_deref(), Some("invalid_grant"));
+        let message = message.unwrap();
+        assert!(!message.contains("refresh-to"), "{message}");
+        assert!(message.contains("x[redacted]"), "{message}");
     }
 }

@@ -9,8 +9,8 @@ use serde_json::Value;
 /// Lifetime assumed when a token answer names none (RFC 6749 makes
 /// `expires_in` only RECOMMENDED).
 pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
-/// How much of an error body is kept for the error page.
-const MAX_MESSAGE: usize = 300;
+/// How much of an error text is kept for the error page and the log.
+pub const MAX_MESSAGE: usize = 300;
 
 /// `expires_in` as a JSON number or a string of digits ("3600", " 3600 ", "3600.0").
 pub fn expires_in(v: Option<&Value>) -> Result<Duration, String> {
@@ -37,7 +37,9 @@ pub fn string(obj: &Value, key: &str) -> Option<String> {
         .map(String::from)
 }
 
-/// Code and message out of an error body of unknown shape.
+/// Code and message out of an error body of unknown shape, whole: the
+/// caller cuts secrets out before [`clip`]ping them, so that no part of a
+/// secret is left at the cut.
 pub fn error_details(body: &[u8]) -> (Option<String>, Option<String>) {
     const CODE_KEYS: &[&str] = &[
         "error",
@@ -65,7 +67,7 @@ pub fn error_details(body: &[u8]) -> (Option<String>, Option<String>) {
         if obj.is_object() {
             let pick = |keys: &[&str]| {
                 keys.iter().find_map(|k| match obj.get(*k) {
-                    Some(Value::String(s)) if !s.is_empty() => Some(clip(s)),
+                    Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
                     Some(Value::Number(n)) => Some(n.to_string()),
                     _ => None,
                 })
@@ -73,7 +75,7 @@ pub fn error_details(body: &[u8]) -> (Option<String>, Option<String>) {
             return (pick(CODE_KEYS), pick(MESSAGE_KEYS));
         }
         if let Value::String(s) = obj {
-            return (None, Some(clip(&s)));
+            return (None, Some(s));
         }
     }
     let text = String::from_utf8_lossy(body);
@@ -84,15 +86,16 @@ pub fn error_details(body: &[u8]) -> (Option<String>, Option<String>) {
     // A bare EMP code such as "LG.OAUTH.EC.4001" or "App_id Fail" is a code;
     // longer prose is a message.
     if text.len() <= 40 && !text.contains('\n') {
-        (Some(clip(text)), None)
+        (Some(text.to_string()), None)
     } else {
-        (None, Some(clip(text)))
+        (None, Some(text.to_string()))
     }
 }
 
-fn clip(s: &str) -> String {
+/// At most [`MAX_MESSAGE`] bytes of `s` (cut at a character), and `…`.
+pub fn clip(s: String) -> String {
     if s.len() <= MAX_MESSAGE {
-        return s.to_string();
+        return s;
     }
     let mut end = MAX_MESSAGE;
     while !s.is_char_boundary(end) {
@@ -168,6 +171,6 @@ mod tests {
             (None, Some("just a string".into()))
         );
         let long = "x".repeat(1000);
-        assert!(error_details(long.as_bytes()).1.unwrap().len() < 320);
+        assert!(clip(error_details(long.as_bytes()).1.unwrap()).len() < 320);
     }
 }
