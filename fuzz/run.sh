@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-for target in path cookies record config; do
+for target in path cookies record config idp_answers id_tokens request_head; do
   mkdir -p "corpus/$target"
   echo "== $target ($seconds s)"
   cargo +nightly fuzz run "$target" "corpus/$target" "seeds/$target" -- \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048
+    -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 -max_len=12288
 done

@@ -298,6 +298,22 @@ fn transport(endpoint: Endpoint, e: reqwest::Error) -> IdpError {
     }
 }
 
+/// Entry points for the fuzz targets in `fuzz/`: how the sidecar reads what
+/// an IdP sends. Not an interface; nothing else may use it.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::error_text;
+    pub use super::jwks::{ACCEPTED, Expect, KeySet, TokenHeader, header, verify};
+    pub use super::wire::MAX_MESSAGE;
+
+    /// A successful token answer as [`super::call`] hands it on: JSON, then
+    /// the token set (EMP and OpenID alike).
+    pub fn token_answer(body: &[u8]) -> Result<super::TokenSet, String> {
+        let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        super::token_set(super::Endpoint::Token, &v).map_err(|e| e.to_string())
+    }
+}
+
 /// A token answer: `access_token` is required, the rest is lenient.
 pub(crate) fn token_set(endpoint: Endpoint, v: &Value) -> Result<TokenSet, IdpError> {
     let invalid = |reason: String| IdpError::InvalidResponse { endpoint, reason };
