@@ -38,6 +38,8 @@ pub struct ConnActivity {
     reading_head: AtomicBool,
     /// An HTTP/2 request has been seen: heads are frames, not the socket's.
     h2: AtomicBool,
+    /// Bytes were handed to the socket and not flushed since.
+    unflushed: AtomicBool,
 }
 
 impl ConnActivity {
@@ -52,6 +54,13 @@ impl ConnActivity {
     pub fn request_done(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+    /// Nothing in flight, no head being read, everything written: the
+    /// connection holds no request state but its buffers.
+    pub fn parkable(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.reading_head.load(Ordering::Relaxed)
+            && !self.unflushed.load(Ordering::Relaxed)
+    }
     fn bytes_read(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0
             && !self.h2.load(Ordering::Relaxed)
@@ -62,7 +71,7 @@ impl ConnActivity {
     }
 }
 
-/// Why the watchdog gave up on a connection.
+/// What the watchdog saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expired {
     /// Idle for `idle_timeout`: close gracefully.
@@ -70,41 +79,110 @@ pub enum Expired {
     /// A request head took longer than `header_timeout`: no request is in
     /// flight, so the connection can simply be dropped (as nginx does).
     Head,
+    /// Quiet for a while (at least [`PARK_AFTER`]) with every response
+    /// written: an HTTP/1 connection can give its buffers back
+    /// (`server/park.rs`). Reported once per quiet spell.
+    Quiet,
 }
 
-/// Resolves when the connection has been idle for `idle` or has been reading
-/// one request head for `head`; each fires between 1× and 1.25× its timeout
-/// (the shorter one; the longer one is rounded up to whole ticks).
+/// How long an HTTP/1 connection stays quiet before its buffers are freed.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// One per connection: checks its [`ConnActivity`] with a coarse tick (a
+/// quarter of the shorter timeout, at most [`PARK_AFTER`]). Each `Idle` or
+/// `Head` fires between 1× and 1.25× its timeout (the shorter one; the
+/// longer one is rounded up to whole ticks). A parked connection does not
+/// tick: it sleeps until [`Watchdog::idle_left`] has passed.
+pub struct Watchdog {
+    activity: Arc<ConnActivity>,
+    tick: Duration,
+    idle_ticks: u128,
+    head_ticks: u128,
+    park_ticks: u128,
+    last_started: u64,
+    quiet: u128,
+    heading: u128,
+    /// `Quiet` was reported in this quiet spell.
+    reported: bool,
+}
+
+impl Watchdog {
+    pub fn new(activity: Arc<ConnActivity>, idle: Duration, head: Duration) -> Watchdog {
+        const CHECKS: u32 = 4;
+        let tick = (idle.min(head) / CHECKS)
+            .min(PARK_AFTER)
+            .max(Duration::from_millis(1));
+        let ticks_for = |t: Duration| t.as_nanos().div_ceil(tick.as_nanos()).max(1);
+        let last_started = activity.started.load(Ordering::Relaxed);
+        Watchdog {
+            activity,
+            tick,
+            idle_ticks: ticks_for(idle),
+            head_ticks: ticks_for(head),
+            park_ticks: ticks_for(PARK_AFTER),
+            last_started,
+            quiet: 0,
+            heading: 0,
+            reported: false,
+        }
+    }
+
+    /// How long the connection may stay idle from now: what a parked
+    /// connection sleeps (nothing can happen on it but a new request).
+    pub fn idle_left(&self) -> Duration {
+        let ticks = self.idle_ticks.saturating_sub(self.quiet);
+        self.tick
+            .saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX))
+    }
+
+    /// The next event. Cancel-safe: the counts live in `self`, a cancelled
+    /// call only loses the tick it was waiting for.
+    pub async fn next(&mut self) -> Expired {
+        loop {
+            tokio::time::sleep(self.tick).await;
+            let activity = &self.activity;
+            let started = activity.started.load(Ordering::Relaxed);
+            let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+            if started != self.last_started || busy {
+                self.quiet = 0;
+                self.reported = false;
+            } else {
+                self.quiet += 1;
+            }
+            // `heading` is 1 at the first tick that sees a head being read (it
+            // began at most one tick before), so firing only above `head_ticks`
+            // means at least the full timeout has passed.
+            if !busy
+                && started == self.last_started
+                && activity.reading_head.load(Ordering::Relaxed)
+            {
+                self.heading += 1;
+            } else {
+                self.heading = 0;
+            }
+            self.last_started = started;
+            if self.heading > self.head_ticks {
+                return Expired::Head;
+            }
+            if self.quiet >= self.idle_ticks {
+                return Expired::Idle;
+            }
+            if self.quiet >= self.park_ticks && !self.reported && activity.parkable() {
+                self.reported = true;
+                return Expired::Quiet;
+            }
+        }
+    }
+}
+
+/// Resolves when the connection has been idle for `idle` or has been
+/// reading one request head for `head` ([`Watchdog`] without parking).
 pub async fn watchdog(activity: Arc<ConnActivity>, idle: Duration, head: Duration) -> Expired {
-    const CHECKS: u32 = 4;
-    let tick = (idle.min(head) / CHECKS).max(Duration::from_millis(1));
-    let ticks_for = |t: Duration| t.as_nanos().div_ceil(tick.as_nanos()).max(1);
-    let (idle_ticks, head_ticks) = (ticks_for(idle), ticks_for(head));
-    let mut last_started = activity.started.load(Ordering::Relaxed);
-    let (mut quiet, mut heading) = (0u128, 0u128);
+    let mut w = Watchdog::new(activity, idle, head);
     loop {
-        tokio::time::sleep(tick).await;
-        let started = activity.started.load(Ordering::Relaxed);
-        let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
-        if started != last_started || busy {
-            quiet = 0;
-        } else {
-            quiet += 1;
-        }
-        // `heading` is 1 at the first tick that sees a head being read (it
-        // began at most one tick before), so firing only above `head_ticks`
-        // means at least the full timeout has passed.
-        if !busy && started == last_started && activity.reading_head.load(Ordering::Relaxed) {
-            heading += 1;
-        } else {
-            heading = 0;
-        }
-        last_started = started;
-        if heading > head_ticks {
-            return Expired::Head;
-        }
-        if quiet >= idle_ticks {
-            return Expired::Idle;
+        match w.next().await {
+            Expired::Quiet => {}
+            other => return other,
         }
     }
 }
@@ -122,6 +200,12 @@ pin_project_lite::pin_project! {
 impl<T> Tracked<T> {
     pub fn new(inner: T, activity: Arc<ConnActivity>) -> Self {
         Self { inner, activity }
+    }
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
     }
 }
 
@@ -147,7 +231,9 @@ impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        this.activity.unflushed.store(true, Ordering::Relaxed);
+        this.inner.poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -155,7 +241,9 @@ impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        this.activity.unflushed.store(true, Ordering::Relaxed);
+        this.inner.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -163,10 +251,42 @@ impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let polled = this.inner.poll_flush(cx);
+        if let Poll::Ready(Ok(())) = polled {
+            this.activity.unflushed.store(false, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    #[tokio::test]
+    async fn a_write_not_yet_flushed_keeps_a_connection_from_parking() {
+        let activity = Arc::new(ConnActivity::default());
+        let (client, _server) = tokio::io::duplex(8);
+        let mut io = Tracked::new(client, activity.clone());
+        assert!(activity.parkable());
+        // The peer reads nothing: 8 bytes fit, the rest waits.
+        let written = io.write(b"0123456789abcdef").await.unwrap();
+        assert_eq!(written, 8);
+        assert!(!activity.parkable(), "bytes handed over and not flushed");
+        let more = tokio::time::timeout(Duration::from_millis(50), io.write(b"x")).await;
+        assert!(more.is_err(), "the pipe is full");
+        assert!(!activity.parkable());
+        io.flush().await.unwrap();
+        assert!(activity.parkable(), "flushed");
+        activity.request_started(false);
+        assert!(!activity.parkable(), "a request in flight");
+        activity.request_done();
+        assert!(activity.parkable());
     }
 }

@@ -443,6 +443,7 @@ pub struct Metrics {
     refresh_locks: Vec<IntCounter>,
     pub in_flight: IntGauge,
     pub connections_open: IntGauge,
+    pub connections_parked: IntGauge,
     /// The most connections open at once since the server last looked
     /// (`server.rs`, giving memory back after bursts).
     pub connections_high: std::sync::atomic::AtomicI64,
@@ -532,6 +533,10 @@ impl Metrics {
             "emp_sidecar_connections_open",
             "Client connections open (both listeners)",
         )?;
+        let connections_parked = IntGauge::new(
+            "emp_sidecar_connections_parked",
+            "Idle HTTP/1 client connections holding no buffers (freed after a quiet second)",
+        )?;
         let connection_limits = IntCounter::new(
             "emp_sidecar_connection_limit_reached_total",
             "Times server.max_connections was reached and new connections had to wait",
@@ -597,6 +602,7 @@ impl Metrics {
         registry.register(Box::new(locks_vec.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_parked.clone()))?;
         registry.register(Box::new(connection_limits.clone()))?;
         registry.register(Box::new(reloads_vec.clone()))?;
 
@@ -667,6 +673,7 @@ impl Metrics {
             refresh_locks,
             in_flight,
             connections_open,
+            connections_parked,
             connections_high: std::sync::atomic::AtomicI64::new(0),
             connection_limits,
             config_reloads: ["applied", "failed"].map(|r| reloads_vec.with_label_values(&[r])),

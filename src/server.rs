@@ -6,6 +6,7 @@
 //! in-flight requests, and `run` returns when all are done or
 //! `server.shutdown_timeout` has passed.
 
+mod park;
 mod reload;
 mod sched;
 pub mod tls;
@@ -192,6 +193,7 @@ pub async fn run(
                 prepared.auth.clone(),
             )),
             builder: http_builder(&config),
+            h1: http1_builder(&config),
             tls: prepared.tls.clone(),
             stop: stop_rx.clone(),
             scheduling: config.server.worker_scheduling,
@@ -270,18 +272,24 @@ pub async fn run(
 /// read and write buffers) go back to glibc's arenas when it closes, and
 /// glibc keeps them: after 10 000 idle connections closed, RSS stayed at
 /// 326 MiB. Every 2 s, when at least 256 connections fewer are open than
-/// at the last look, `malloc_trim` returns the free pages
-/// (benches/README.md, "Memory per connection").
+/// at the last look, or at least 256 more are parked (`park.rs`),
+/// `malloc_trim` returns the free pages (benches/README.md, "Memory per
+/// connection").
 async fn return_memory_after_bursts(metrics: Arc<Metrics>) {
     const EVERY: Duration = Duration::from_secs(2);
     const DROP: i64 = 256;
+    let mut parked_before = 0;
     loop {
         tokio::time::sleep(EVERY).await;
         let open = metrics.connections_open.get();
         // The most connections open at once since the last look, however
         // short the burst was.
         let high = metrics.connections_high.swap(open, Ordering::Relaxed);
-        if high - open >= DROP {
+        // Connections parked since the last look freed their buffers too.
+        let parked = metrics.connections_parked.get();
+        let newly_parked = parked - parked_before;
+        parked_before = parked;
+        if high - open >= DROP || newly_parked >= DROP {
             trim();
         }
     }
@@ -320,20 +328,38 @@ impl Dispatch {
     }
 }
 
+/// The HTTP/1 settings, on hyper's builder and hyper-util's alike.
+macro_rules! http1_settings {
+    ($builder:expr, $config:expr) => {
+        $builder
+            // The request-head timeout is the connection watchdog's
+            // (`activity.rs`); hyper's would arm a timer per request.
+            .header_read_timeout(None)
+            .max_buf_size(hard_limit($config))
+            .max_headers(512)
+            .keep_alive(true)
+    };
+}
+
+/// The request path answers 431 with a body once the head exceeds
+/// `max_header_bytes`; hyper's own (bodiless) 431 is the backstop for heads
+/// too large to buffer at all.
+fn hard_limit(config: &Config) -> usize {
+    (2 * config.server.max_header_bytes + 4096).max(8192)
+}
+
+/// Plain-text HTTP/1 connections (parked when quiet, `park.rs`).
+fn http1_builder(config: &Config) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    http1_settings!(b, config);
+    b
+}
+
+/// TLS connections and HTTP/2.
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let max_header = config.server.max_header_bytes;
+    let hard_limit = hard_limit(config);
     let mut b = auto::Builder::new(TokioExecutor::new());
-    // The request path answers 431 with a body once the head exceeds
-    // `max_header_bytes`; hyper's own (bodiless) 431 is the backstop for
-    // heads too large to buffer at all.
-    let hard_limit = (2 * max_header + 4096).max(8192);
-    b.http1()
-        // The request-head timeout is the connection watchdog's
-        // (`activity.rs`); hyper's would arm a timer per request.
-        .header_read_timeout(None)
-        .max_buf_size(hard_limit)
-        .max_headers(512)
-        .keep_alive(true);
+    http1_settings!(b.http1(), config);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(hard_limit).unwrap_or(u32::MAX))
@@ -396,6 +422,7 @@ async fn accept_loop(
 struct Worker {
     app: Arc<App>,
     builder: auto::Builder<TokioExecutor>,
+    h1: hyper::server::conn::http1::Builder,
     tls: Option<TlsAcceptor>,
     stop: watch::Receiver<bool>,
     scheduling: WorkerScheduling,
@@ -478,37 +505,61 @@ async fn serve_connection(
     // never use).
     let mut stop = worker.stop.clone();
     match tls {
+        // Boxed, like the HTTP/2 branch below: they are several kilobytes,
+        // and the connection's task should not carry them for every
+        // plain-text HTTP/1 connection.
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
-            let handshake = tokio::select! {
-                h = handshake => h,
-                () = stopping(&mut stop) => return,
-            };
-            match handshake {
-                Ok(Ok(tls)) => {
-                    let io = activity::Tracked::new(tls, activity.clone());
-                    serve_io(&worker, io, peer, true, kind, activity).await
+            Box::pin(async {
+                let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                let handshake = tokio::select! {
+                    h = handshake => h,
+                    () = stopping(&mut stop) => return,
+                };
+                match handshake {
+                    Ok(Ok(tls)) => {
+                        let io = activity::Tracked::new(tls, activity.clone());
+                        serve_io(&worker, io, peer, true, kind, activity).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!("TLS handshake timed out"),
-            }
+            })
+            .await
         }
         None => {
-            // hyper starts its header timer only after sniffing the protocol,
-            // so bound the wait for the first byte here.
-            let mut first = [0u8; 1];
-            let peeked = tokio::select! {
-                p = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => p,
+            // The first bytes tell HTTP/1 from HTTP/2 prior knowledge; the
+            // wait for them is bounded here (hyper's watchdog starts after).
+            let mut stream = stream;
+            let sniffed = tokio::select! {
+                s = tokio::time::timeout(header_timeout, park::sniff(&mut stream)) => s,
                 () = stopping(&mut stop) => return,
             };
-            if let Ok(Ok(n)) = peeked
-                && n > 0
-            {
-                let io = activity::Tracked::new(stream, activity.clone());
-                serve_io(&worker, io, peer, false, kind, activity).await
+            match sniffed {
+                Ok(Ok(park::Sniffed::Http1(prefix))) => {
+                    let io =
+                        activity::Tracked::new(park::Rewind::new(prefix, stream), activity.clone());
+                    let conn = new_conn(peer, false, kind, activity.clone());
+                    park::serve_h1(&worker, io, conn, activity).await
+                }
+                Ok(Ok(park::Sniffed::Http2(prefix))) => {
+                    let io =
+                        activity::Tracked::new(park::Rewind::new(prefix, stream), activity.clone());
+                    Box::pin(serve_io(&worker, io, peer, false, kind, activity)).await
+                }
+                _ => {}
             }
         }
     }
+}
+
+fn new_conn(peer: SocketAddr, tls: bool, kind: Listener, activity: Arc<ConnActivity>) -> Arc<Conn> {
+    Arc::new(Conn {
+        peer,
+        peer_ip: crate::proxy::headers::ip_header(peer.ip()),
+        tls,
+        activity,
+        listener: kind,
+    })
 }
 
 /// Resolves once shutdown has begun (at once if it has already).
@@ -530,13 +581,7 @@ async fn serve_io<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Arc::new(Conn {
-        peer,
-        peer_ip: crate::proxy::headers::ip_header(peer.ip()),
-        tls,
-        activity: activity.clone(),
-        listener: kind,
-    });
+    let conn = new_conn(peer, tls, kind, activity.clone());
     let app = ctx.app.clone();
     let service =
         service_fn(move |req: hyper::Request<Incoming>| app.clone().handle(conn.clone(), req));
@@ -574,6 +619,9 @@ async fn serve_io<I>(
                     tracing::debug!("request head not complete within header_read_timeout");
                     return;
                 }
+                // `activity::watchdog` never reports it: TLS and HTTP/2
+                // connections are not parked.
+                activity::Expired::Quiet => {}
             },
         }
     }

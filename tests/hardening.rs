@@ -355,3 +355,153 @@ async fn metrics_on(sc: &Sidecar) -> String {
     .await;
     body_of(&resp).to_string()
 }
+
+/// `emp_sidecar_connections_parked` now.
+async fn parked(sc: &Sidecar) -> f64 {
+    metric(&metrics_on(sc).await, "emp_sidecar_connections_parked")
+}
+
+/// Waits (at most 5 s) until `n` connections are parked.
+async fn until_parked(sc: &Sidecar, n: f64) {
+    for _ in 0..100 {
+        if parked(sc).await == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never {n} parked connections");
+}
+
+/// Reads one response with a `Content-Length` body from `s`.
+async fn response_on(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n")
+                && let Some(len) = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                && body.len() >= len
+            {
+                return text;
+            }
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before a whole response: {text:?}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("answered in time")
+}
+
+fn quick_idle(up: &str) -> Conf {
+    Conf::new(up)
+        .server("idle_timeout = \"4s\"")
+        .server("header_read_timeout = \"2s\"")
+}
+
+#[tokio::test]
+async fn a_quiet_http1_connection_gives_its_buffers_back_and_serves_again() {
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&quick_idle(&up.url())).await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    s.write_all(get("/public/one").as_bytes()).await.unwrap();
+    let first = response_on(&mut s).await;
+    assert_eq!(status_of(&first), "200", "{first}");
+    // Quiet for a second or so: parked (hyper's state and buffers dropped).
+    until_parked(&sc, 1.0).await;
+    // The same socket serves again: one request, then two pipelined in one
+    // write, then an upload; each answered whole, by the upstream.
+    s.write_all(get("/public/two").as_bytes()).await.unwrap();
+    let second = response_on(&mut s).await;
+    assert_eq!(status_of(&second), "200", "{second}");
+    assert_eq!(
+        serde_json::from_str::<Value>(body_of(&second)).unwrap()["uri"],
+        "/public/two"
+    );
+    until_parked(&sc, 1.0).await;
+    s.write_all(format!("{}{}", get("/public/three"), get("/public/four")).as_bytes())
+        .await
+        .unwrap();
+    for path in ["/public/three", "/public/four"] {
+        let resp = response_on(&mut s).await;
+        let echo: Value = serde_json::from_str(body_of(&resp)).unwrap();
+        assert_eq!(echo["uri"], path);
+    }
+    until_parked(&sc, 1.0).await;
+    s.write_all(b"POST /public/upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let upload = response_on(&mut s).await;
+    assert_eq!(status_of(&upload), "200", "{upload}");
+    // Parked connections still end at idle_timeout (4 s): EOF within 8 s.
+    until_parked(&sc, 1.0).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+    assert_eq!(parked(&sc).await, 0.0);
+    sc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_response_the_client_has_not_read_yet_is_never_cut_by_parking() {
+    // The client stops reading a 4 MB download for 3 s (three times the
+    // quiet spell); hyper still holds unwritten bytes, so the connection
+    // must not be parked. Every byte arrives.
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&quick_idle(&up.url())).await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(b"GET /public/download?bytes=4000000 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    let read = async {
+        while !got.ends_with(b"\r\n0\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {} bytes", got.len());
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the whole body in time");
+    let body_at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let xs = got[body_at..].iter().filter(|b| **b == b'x').count();
+    assert_eq!(xs, 4_000_000);
+    // The connection lives on and serves the next request.
+    s.write_all(b"GET /public/after HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&response_on(&mut s).await), "200");
+    sc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_parked_connection_does_not_hold_the_drain() {
+    let up = upstream::start(None).await;
+    let sc = Sidecar::start(&quick_idle(&up.url()).server("idle_timeout = \"60s\"")).await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(b"GET /ping HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(answered(&mut s).await);
+    until_parked(&sc, 1.0).await;
+    let started = Instant::now();
+    assert!(sc.shutdown().await, "drained");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+}

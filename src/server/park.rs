@@ -1,0 +1,216 @@
+//! HTTP/1 connections give their memory back while idle, as nginx's do.
+//!
+//! hyper keeps an 8 KiB read buffer, an 8 KiB buffer for response heads and
+//! its dispatcher state (about 6 KB) for as long as a connection is open,
+//! idle or not: about 30 KiB per idle keep-alive connection once allocator
+//! overhead is counted, against nginx's 0.6 (benches/README.md, "Memory per
+//! connection"). Here an HTTP/1 connection that has been quiet for
+//! [`PARK_AFTER`](crate::activity::PARK_AFTER) (its watchdog's next tick
+//! after that) with every response written is taken apart
+//! (`into_parts`): hyper's state and buffers are dropped, and the socket
+//! waits for readability on its own. The next request builds a fresh hyper
+//! connection on the same socket, with the same service. A busy connection
+//! is never parked, so the request path costs nothing more.
+//!
+//! The first bytes of a plain-text connection are read here to tell HTTP/1
+//! from HTTP/2 prior knowledge (whose connections stay with hyper-util's
+//! auto builder); [`Rewind`] hands them to hyper again.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{Worker, stopping};
+use crate::activity::{self, ConnActivity, Tracked};
+use crate::router::Conn;
+
+/// The HTTP/2 connection preface (RFC 9113 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first bytes of a plain-text connection say.
+pub(super) enum Sniffed {
+    /// The client closed before sending anything.
+    Closed,
+    Http1(Bytes),
+    Http2(Bytes),
+}
+
+/// Reads until the bytes differ from the HTTP/2 preface or complete it.
+pub(super) async fn sniff(stream: &mut TcpStream) -> io::Result<Sniffed> {
+    let mut buf = [0u8; PREFACE.len()];
+    let mut n = 0;
+    loop {
+        let read = stream.read(&mut buf[n..]).await?;
+        if read == 0 {
+            // A partial head then EOF is hyper's to answer.
+            return Ok(match n {
+                0 => Sniffed::Closed,
+                _ => Sniffed::Http1(Bytes::copy_from_slice(&buf[..n])),
+            });
+        }
+        n += read;
+        if buf[..n] != PREFACE[..n] {
+            return Ok(Sniffed::Http1(Bytes::copy_from_slice(&buf[..n])));
+        }
+        if n == PREFACE.len() {
+            return Ok(Sniffed::Http2(Bytes::copy_from_slice(&buf)));
+        }
+    }
+}
+
+/// A socket that first yields bytes already read from it.
+pub struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub fn new(prefix: Bytes, inner: T) -> Self {
+        Rewind { prefix, inner }
+    }
+
+    /// Puts `bytes` back in front of what is still to be read.
+    fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else {
+            let mut joined = BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.prefix);
+            self.prefix = joined.freeze();
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves a plain-text HTTP/1 connection, parking it whenever it is quiet.
+pub(super) async fn serve_h1(
+    worker: &Worker,
+    mut io: Tracked<Rewind<TcpStream>>,
+    conn: Arc<Conn>,
+    activity: Arc<ConnActivity>,
+) {
+    let app = worker.app.clone();
+    let mut service =
+        service_fn(move |req: hyper::Request<Incoming>| app.clone().handle(conn.clone(), req));
+    let server = &worker.app.config.server;
+    let mut watchdog =
+        activity::Watchdog::new(activity, server.idle_timeout, server.header_read_timeout);
+    let mut stop = worker.stop.clone();
+    loop {
+        // Serving: hyper has the socket.
+        let mut connection = Box::new(
+            worker
+                .h1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
+        let mut closing = *stop.borrow();
+        if closing {
+            Pin::new(&mut *connection).graceful_shutdown();
+        }
+        let parts = loop {
+            tokio::select! {
+                res = &mut *connection => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stop.changed(), if !closing => {
+                    Pin::new(&mut *connection).graceful_shutdown();
+                    closing = true;
+                }
+                event = watchdog.next(), if !closing => match event {
+                    activity::Expired::Idle => {
+                        Pin::new(&mut *connection).graceful_shutdown();
+                        closing = true;
+                    }
+                    // No request in flight: drop the connection, mid-head.
+                    activity::Expired::Head => {
+                        tracing::debug!("request head not complete within header_read_timeout");
+                        return;
+                    }
+                    activity::Expired::Quiet => {
+                        // Upgraded connections are not handed back (None).
+                        match connection.into_parts() {
+                            Some(parts) => break parts,
+                            None => return,
+                        }
+                    }
+                },
+            }
+        };
+        // Parked: only the socket is held.
+        io = parts.io.into_inner();
+        io.get_mut().unread(parts.read_buf);
+        service = parts.service;
+        let metrics = &worker.app.metrics;
+        metrics.connections_parked.inc();
+        let socket = io.get_ref();
+        // Bytes already read (pipelined) serve at once; otherwise one timer
+        // to the idle deadline, not a tick a second.
+        let woken = !socket.prefix.is_empty()
+            || tokio::select! {
+                ready = socket.inner.readable() => ready.is_ok(),
+                () = stopping(&mut stop) => false,
+                () = tokio::time::sleep(watchdog.idle_left()) => false,
+            };
+        metrics.connections_parked.dec();
+        if !woken {
+            return;
+        }
+    }
+}
