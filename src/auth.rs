@@ -58,6 +58,8 @@ pub struct Auth {
     identity: IdentityRules,
     inject_authorization: bool,
     inject_access_token: bool,
+    /// `headers.backend_url`.
+    backend_header: Option<HeaderName>,
 }
 
 /// Whether a request is a browser navigation (sent to log in, not refused).
@@ -116,6 +118,7 @@ impl Auth {
             identity: IdentityRules::new(config),
             inject_authorization: config.headers.authorization,
             inject_access_token: config.headers.access_token,
+            backend_header: config.headers.backend_url.clone(),
         }
     }
 
@@ -171,6 +174,14 @@ impl Auth {
         for (name, value) in &session.identity.claim_headers {
             h.insert(name.clone(), value.clone());
         }
+        self.inject_backend(h, tokens);
+    }
+
+    /// `headers.backend_url`: EMP's `oauth2_backend_url` for this session.
+    fn inject_backend(&self, h: &mut HeaderMap, tokens: &Tokens) {
+        if let (Some(name), Some(value)) = (&self.backend_header, &tokens.backend_header) {
+            h.insert(name.clone(), value.clone());
+        }
     }
 
     /// `/oauth2/auth`: 202 with the identity headers nginx copies with
@@ -192,16 +203,23 @@ impl Auth {
         for (name, value) in &session.identity.claim_headers {
             h.insert(name.clone(), value.clone());
         }
+        self.inject_backend(h, tokens);
         resp
     }
 
-    /// `/oauth2/userinfo`: the session's claims.
-    pub fn userinfo_response(&self, session: &Session) -> Response<Body> {
-        body::response(
-            StatusCode::OK,
-            "application/json",
-            session.claims.to_string(),
-        )
+    /// `/oauth2/userinfo`: the session's claims, and EMP's backend URL as
+    /// `oauth2_backend_url` (unless a claim of that name is there).
+    pub fn userinfo_response(&self, session: &Session, tokens: &Tokens) -> Response<Body> {
+        let with_backend = tokens.backend_url.as_ref().and_then(|url| {
+            let mut claims: serde_json::Value = serde_json::from_str(&session.claims).ok()?;
+            claims
+                .as_object_mut()?
+                .entry("oauth2_backend_url")
+                .or_insert_with(|| serde_json::Value::String(url.clone()));
+            Some(claims.to_string())
+        });
+        let text = with_backend.unwrap_or_else(|| session.claims.to_string());
+        body::response(StatusCode::OK, "application/json", text)
     }
 
     /// Sends the browser to the IdP; afterwards it returns to `rd` (or `/`

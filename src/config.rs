@@ -240,6 +240,9 @@ pub struct HeadersConfig {
     pub email_claim: String,
     /// Upstream header → RFC 6901 JSON Pointer into the claims.
     pub claims: Vec<(HeaderName, String)>,
+    /// EMP: the header that carries the session's `oauth2_backend_url`
+    /// upstream and on `/oauth2/auth` (`None`: off).
+    pub backend_url: Option<HeaderName>,
 }
 
 #[derive(Debug, Clone)]
@@ -1051,7 +1054,36 @@ fn headers(l: &mut Loader) -> Option<HeadersConfig> {
             }
         }
     }
+    let backend_text = l.string("headers.backend_url");
+    let backend_url = match backend_text.trim() {
+        "" => Some(None),
+        name => match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) if crate::proxy::headers::is_reserved(&h) => {
+                l.problem(
+                    "headers.backend_url",
+                    "this header is managed by the proxy and cannot carry the backend URL",
+                );
+                None
+            }
+            Ok(h) if claims.iter().any(|(c, _)| *c == h) => {
+                l.problem(
+                    "headers.backend_url",
+                    format!("{name:?} already carries a claim (headers.claims)"),
+                );
+                None
+            }
+            Ok(h) => Some(Some(h)),
+            Err(_) => {
+                l.problem(
+                    "headers.backend_url",
+                    format!("{name:?} is not a valid header name (\"\" turns it off)"),
+                );
+                None
+            }
+        },
+    };
     Some(HeadersConfig {
+        backend_url: backend_url?,
         authorization: authorization?,
         access_token: access_token?,
         user_claim: user_claim?,

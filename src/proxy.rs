@@ -75,11 +75,13 @@ impl Upstream {
             allowed_upgrades: cfg.allowed_upgrades.clone(),
             trust_forwarded: config.server.trust_forwarded_headers,
             cookie_name: config.session.cookie_name.clone(),
+            // The backend URL header is injected too: as spoofable as a claim.
             claim_headers: config
                 .headers
                 .claims
                 .iter()
                 .map(|(h, _)| h.clone())
+                .chain(config.headers.backend_url.clone())
                 .collect(),
         })
     }

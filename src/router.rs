@@ -334,7 +334,7 @@ impl App {
                     let resp = if route == Route::AuthRequest {
                         self.auth.auth_request_response(&session, &tokens)
                     } else {
-                        self.auth.userinfo_response(&session)
+                        self.auth.userinfo_response(&session, &tokens)
                     };
                     Ok((resp, None))
                 }

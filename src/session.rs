@@ -53,6 +53,8 @@ pub struct Tokens {
     /// capped at half the token's lifetime.
     pub refresh_at: Instant,
     pub backend_url: Option<String>,
+    /// `backend_url` as a header value, when it can be one.
+    pub backend_header: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -81,6 +83,10 @@ impl Tokens {
             expires_at: now + set.expires_in,
             lifetime: set.expires_in,
             refresh_at: now + set.expires_in - margin,
+            backend_header: set
+                .backend_url
+                .as_deref()
+                .and_then(|u| HeaderValue::try_from(u).ok()),
             backend_url: set.backend_url,
         })
     }

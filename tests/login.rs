@@ -130,7 +130,7 @@ async fn full_login_speaks_emps_wire_format_and_returns_to_the_original_url() {
             "redirect_uri".to_string(),
             format!("http://{}/oauth2/callback", w.sc.addr),
         ),
-        ("backend_url".to_string(), backend),
+        ("backend_url".to_string(), backend.clone()),
     ];
     assert_eq!(t.query, expected);
     // DR profile with the Bearer token.
@@ -161,6 +161,8 @@ async fn full_login_speaks_emps_wire_format_and_returns_to_the_original_url() {
         std::slice::from_ref(&token)
     );
     assert_eq!(seen(&echo, "x-auth-request-user"), ["alice"]);
+    // EMP's oauth2_backend_url (the mock echoes the callback's backend_url).
+    assert_eq!(seen(&echo, "x-emp-backend-url"), [backend]);
     assert!(
         seen(&echo, "cookie")
             .iter()
@@ -200,6 +202,8 @@ async fn auth_request_and_userinfo_answer_from_the_session_and_never_redirect() 
             .access_token_valid(h["x-auth-request-access-token"].to_str().unwrap())
     );
     assert_eq!(h["x-country"], "KR");
+    let backend = h["x-emp-backend-url"].to_str().unwrap().to_string();
+    assert!(backend.starts_with("http"), "{backend}");
     let info: Value = b
         .api(&w.sc.url("/oauth2/userinfo"))
         .await
@@ -208,6 +212,29 @@ async fn auth_request_and_userinfo_answer_from_the_session_and_never_redirect() 
         .unwrap();
     assert_eq!(info["sub"], "alice");
     assert_eq!(info["email"], "alice@example.com");
+    assert_eq!(info["oauth2_backend_url"], backend);
+}
+
+#[tokio::test]
+async fn the_backend_url_header_can_be_renamed_or_turned_off() {
+    let w = world(Duration::from_secs(3600), |c| {
+        c.headers("backend_url = \"X-Lg-Backend\"")
+    })
+    .await;
+    let b = logged_in(&w).await;
+    let echo = b.echo(&w.sc.url("/app/echo")).await;
+    assert_eq!(seen(&echo, "x-lg-backend").len(), 1);
+    assert!(seen(&echo, "x-emp-backend-url").is_empty());
+    let w = world(Duration::from_secs(3600), |c| {
+        c.headers("backend_url = \"\"")
+    })
+    .await;
+    let b = logged_in(&w).await;
+    let echo = b.echo(&w.sc.url("/app/echo")).await;
+    assert!(seen(&echo, "x-emp-backend-url").is_empty());
+    let resp = b.api(&w.sc.url("/oauth2/auth")).await;
+    assert_eq!(resp.status(), 202);
+    assert!(resp.headers().get("x-emp-backend-url").is_none());
 }
 
 #[tokio::test]
@@ -733,6 +760,8 @@ async fn spoofed_identity_headers_are_replaced_on_authenticated_and_stripped_on_
             .header("x-forwarded-access-token", "forged")
             .header("x_forwarded_access_token", "forged")
             .header("authorization", "Bearer forged")
+            .header("x-emp-backend-url", "https://evil.example/")
+            .header("x_emp_backend_url", "https://evil.example/")
     };
     let echo: Value = spoof(http_client().get(w.sc.url("/app/echo")))
         .header("cookie", b.cookie_header())
@@ -746,6 +775,8 @@ async fn spoofed_identity_headers_are_replaced_on_authenticated_and_stripped_on_
     assert!(seen(&echo, "x_auth_request_user").is_empty());
     assert!(seen(&echo, "x-auth-request-email").is_empty());
     assert!(seen(&echo, "x_forwarded_access_token").is_empty());
+    assert!(seen(&echo, "x_emp_backend_url").is_empty());
+    assert_ne!(seen(&echo, "x-emp-backend-url"), ["https://evil.example/"]);
     let token = bearer(&echo);
     assert_ne!(token, "forged");
     assert_eq!(seen(&echo, "x-forwarded-access-token"), [token]);
@@ -763,6 +794,8 @@ async fn spoofed_identity_headers_are_replaced_on_authenticated_and_stripped_on_
         "x-auth-request-email",
         "x-forwarded-access-token",
         "x_forwarded_access_token",
+        "x-emp-backend-url",
+        "x_emp_backend_url",
     ] {
         assert!(
             seen(&echo, h).is_empty(),

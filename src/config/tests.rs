@@ -320,3 +320,34 @@ fn changed_keys_names_each_leaf_that_differs_and_nothing_else() {
     // Nothing secret in the debug form of what is compared.
     assert!(!format!("{a:?}").contains(SECRET));
 }
+
+#[test]
+fn the_backend_url_header_is_a_free_header_name_or_off() {
+    let c = Config::from_toml_str(&minimal()).unwrap();
+    assert_eq!(
+        c.headers.backend_url.as_ref().map(HeaderName::as_str),
+        Some("x-emp-backend-url")
+    );
+    let off =
+        Config::from_toml_str(&format!("{}\n[headers]\nbackend_url = \"\"\n", minimal())).unwrap();
+    assert!(off.headers.backend_url.is_none());
+    for (value, extra, says) in [
+        ("Authorization", "", "managed by the proxy"),
+        (
+            "X-Country",
+            "[headers.claims]\n\"X-Country\" = \"/c\"\n",
+            "already carries a claim",
+        ),
+        ("bad header", "", "not a valid header name"),
+    ] {
+        let p = problems(&format!(
+            "{}\n[headers]\nbackend_url = {value:?}\n{extra}",
+            minimal()
+        ));
+        assert!(
+            p.iter()
+                .any(|p| p.key == "headers.backend_url" && p.message.contains(says)),
+            "{value}: {p:?}"
+        );
+    }
+}

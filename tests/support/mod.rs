@@ -106,6 +106,10 @@ impl Conf {
         set(&mut self.routes, line);
         self
     }
+    pub fn headers(mut self, line: &str) -> Self {
+        set(&mut self.headers, line);
+        self
+    }
     pub fn claim(mut self, line: &str) -> Self {
         set(&mut self.claims, line);
         self
