@@ -207,6 +207,31 @@ impl Auth {
         resp
     }
 
+    /// A logged-in user the authorization rules refuse: `403`, a page for
+    /// a browser navigation (never a login: that would loop), JSON otherwise.
+    pub fn forbidden<B>(
+        &self,
+        req: &http::Request<B>,
+        session: &Session,
+        request_id: &str,
+    ) -> Response<Body> {
+        if is_browser_navigation(req.method(), req.headers()) {
+            let who = session
+                .identity
+                .email
+                .as_ref()
+                .or(session.identity.user.as_ref())
+                .and_then(|v| v.to_str().ok());
+            return page::forbidden(who, request_id);
+        }
+        let body = serde_json::json!({
+            "error": "forbidden",
+            "message": "this account may not access this resource",
+            "request_id": request_id,
+        });
+        body::response(StatusCode::FORBIDDEN, "application/json", body.to_string())
+    }
+
     /// `/oauth2/userinfo`: the session's claims, and EMP's backend URL as
     /// `oauth2_backend_url` (unless a claim of that name is there).
     pub fn userinfo_response(&self, session: &Session, tokens: &Tokens) -> Response<Body> {

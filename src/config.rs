@@ -38,6 +38,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub token: TokenConfig,
     pub headers: HeadersConfig,
+    pub authorization: AuthorizationConfig,
     pub routes: RoutesConfig,
     /// The merged layers the values came from, for [`Config::changed_keys`].
     layers: Layers,
@@ -245,6 +246,33 @@ pub struct HeadersConfig {
     pub backend_url: Option<HeaderName>,
 }
 
+/// Who may enter once logged in (`[authorization]`): empty lists let
+/// anyone in who can log in.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizationConfig {
+    pub allowed_email_domains: Vec<String>,
+    /// `allowed_emails` and the lines of `allowed_emails_file`, lower case.
+    pub allowed_emails: Vec<String>,
+    pub allowed_groups: Vec<String>,
+    /// JSON Pointer to the groups claim (an array, or a space-separated string).
+    pub groups_claim: String,
+    /// `[[authorization.rules]]`: per path, first match wins.
+    pub rules: Vec<AuthorizationRule>,
+}
+
+/// One `[[authorization.rules]]`: it replaces the lists above for the
+/// paths it matches; every condition it sets must hold.
+#[derive(Debug, Clone)]
+pub struct AuthorizationRule {
+    /// A regex on the canonical path.
+    pub path: regex::Regex,
+    pub allowed_email_domains: Vec<String>,
+    pub allowed_emails: Vec<String>,
+    pub allowed_groups: Vec<String>,
+    /// JSON Pointer → allowed values (as text).
+    pub claims: Vec<(String, Vec<String>)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct RoutesConfig {
     pub skip_auth: RegexSet,
@@ -370,6 +398,7 @@ impl Config {
         let session = session(&mut l);
         let refresh_margin = l.duration("token.refresh_margin");
         let headers = headers(&mut l);
+        let authorization = authorization(&mut l);
         let routes = routes(&mut l);
 
         if !l.problems.is_empty() {
@@ -384,6 +413,7 @@ impl Config {
             session,
             refresh_margin,
             headers,
+            authorization,
             routes,
         ) {
             (
@@ -394,6 +424,7 @@ impl Config {
                 Some(session),
                 Some(refresh_margin),
                 Some(headers),
+                Some(authorization),
                 Some(routes),
             ) => Ok(Config {
                 server,
@@ -403,6 +434,7 @@ impl Config {
                 session,
                 token: TokenConfig { refresh_margin },
                 headers,
+                authorization,
                 routes,
                 layers: Layers(
                     figment
@@ -1090,6 +1122,159 @@ fn headers(l: &mut Loader) -> Option<HeadersConfig> {
         email_claim: email_claim?,
         claims: ok.then_some(claims)?,
     })
+}
+
+/// A `[[authorization.rules]]` entry as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    path: String,
+    #[serde(default)]
+    allowed_email_domains: Vec<String>,
+    #[serde(default)]
+    allowed_emails: Vec<String>,
+    #[serde(default)]
+    allowed_groups: Vec<String>,
+    #[serde(default)]
+    claims: std::collections::BTreeMap<String, Vec<toml_scalar::Scalar>>,
+}
+
+mod toml_scalar {
+    /// A claim value as written in the file: text, a number or a boolean,
+    /// compared with the claim as text.
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+
+    impl Scalar {
+        pub(super) fn text(self) -> String {
+            match self {
+                Scalar::Text(s) => s,
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            }
+        }
+    }
+}
+
+/// Email domains as written: `example.com`, or `.example.com` /
+/// `*.example.com` for the domain and its subdomains; lower case.
+fn email_domains(l: &mut Loader, key: &str, domains: Vec<String>) -> Option<Vec<String>> {
+    let mut ok = true;
+    let mut out = Vec::new();
+    for d in domains {
+        let d = d.trim().to_ascii_lowercase();
+        let host = d.trim_start_matches("*.").trim_start_matches('.');
+        if host.is_empty() || url::Host::parse(host).is_err() || host.contains(['/', ':', '*', '@'])
+        {
+            l.problem(
+                key,
+                format!("{d:?} is not a domain such as \"example.com\" or \".example.com\""),
+            );
+            ok = false;
+        }
+        out.push(match d.strip_prefix("*.") {
+            Some(rest) => format!(".{rest}"),
+            None => d,
+        });
+    }
+    ok.then_some(out)
+}
+
+fn emails(l: &mut Loader, key: &str, list: Vec<String>) -> Option<Vec<String>> {
+    let mut ok = true;
+    let out = list
+        .into_iter()
+        .map(|e| e.trim().to_ascii_lowercase())
+        .filter(|e| !e.is_empty() && !e.starts_with('#'))
+        .inspect(|e| {
+            if e.matches('@').count() != 1 || e.starts_with('@') || e.ends_with('@') {
+                l.problem(key, format!("{e:?} is not an email address"));
+                ok = false;
+            }
+        })
+        .collect();
+    ok.then_some(out)
+}
+
+fn authorization(l: &mut Loader) -> Option<AuthorizationConfig> {
+    let domains = l.get::<Vec<String>>("authorization.allowed_email_domains")?;
+    let domains = email_domains(l, "authorization.allowed_email_domains", domains);
+    let mut listed = l.get::<Vec<String>>("authorization.allowed_emails")?;
+    if let Some(path) = l.path("authorization.allowed_emails_file") {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => listed.extend(text.lines().map(String::from)),
+            Err(e) => l.problem(
+                "authorization.allowed_emails_file",
+                format!("cannot read {}: {e}", path.display()),
+            ),
+        }
+    }
+    let allowed_emails = emails(l, "authorization.allowed_emails", listed);
+    let allowed_groups = l.get::<Vec<String>>("authorization.allowed_groups")?;
+    let groups_claim = l.string("authorization.groups_claim");
+    let groups_claim = json_pointer(l, "authorization.groups_claim", groups_claim);
+    let raw_rules = l.get::<Vec<RawRule>>("authorization.rules")?;
+    let mut rules = Vec::new();
+    let mut ok = true;
+    for (i, r) in raw_rules.into_iter().enumerate() {
+        let key = format!("authorization.rules[{}]", i + 1);
+        let path = match regex::Regex::new(&r.path) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                l.problem(&format!("{key}.path"), format!("{:?}: {e}", r.path));
+                None
+            }
+        };
+        let mut claims = Vec::new();
+        for (pointer, values) in r.claims {
+            if let Some(p) = json_pointer(l, &format!("{key}.claims"), pointer) {
+                if p.is_empty() || values.is_empty() {
+                    l.problem(
+                        &format!("{key}.claims"),
+                        "each claim needs a JSON Pointer and at least one allowed value",
+                    );
+                    ok = false;
+                }
+                claims.push((
+                    p,
+                    values.into_iter().map(toml_scalar::Scalar::text).collect(),
+                ));
+            } else {
+                ok = false;
+            }
+        }
+        let domains = email_domains(
+            l,
+            &format!("{key}.allowed_email_domains"),
+            r.allowed_email_domains,
+        );
+        let emails = emails(l, &format!("{key}.allowed_emails"), r.allowed_emails);
+        match (path, domains, emails) {
+            (Some(path), Some(domains), Some(emails)) => rules.push(AuthorizationRule {
+                path,
+                allowed_email_domains: domains,
+                allowed_emails: emails,
+                allowed_groups: r.allowed_groups,
+                claims,
+            }),
+            _ => ok = false,
+        }
+    }
+    let config = AuthorizationConfig {
+        allowed_email_domains: domains?,
+        allowed_emails: allowed_emails?,
+        allowed_groups,
+        groups_claim: groups_claim?,
+        rules,
+    };
+    ok.then_some(config)
 }
 
 fn routes(l: &mut Loader) -> Option<RoutesConfig> {

@@ -34,6 +34,7 @@
 pub mod access_log;
 pub mod activity;
 pub mod auth;
+pub mod authz;
 pub mod body;
 pub mod config;
 pub mod demo;

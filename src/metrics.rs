@@ -450,6 +450,9 @@ pub struct Metrics {
     connection_limits: IntCounter,
     /// `SIGHUP` reloads: applied, failed.
     config_reloads: [IntCounter; 2],
+    /// Requests refused by the authorization rules, by rule (labels from
+    /// the configuration: `default`, `rules[N]`, `auth_request`).
+    authorization_denied: IntCounterVec,
     logins: Vec<IntCounter>,
     refreshes: Vec<IntCounter>,
     idp_durations: Vec<Histogram>,
@@ -548,6 +551,13 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let authorization_denied = IntCounterVec::new(
+            Opts::new(
+                "emp_sidecar_authorization_denied_total",
+                "Logged-in requests refused by the authorization rules, by rule",
+            ),
+            &["rule"],
+        )?;
         let in_flight = IntGauge::new(
             "emp_sidecar_http_requests_in_flight",
             "Requests received whose response has not finished yet",
@@ -605,6 +615,9 @@ impl Metrics {
         registry.register(Box::new(connections_parked.clone()))?;
         registry.register(Box::new(connection_limits.clone()))?;
         registry.register(Box::new(reloads_vec.clone()))?;
+        registry.register(Box::new(authorization_denied.clone()))?;
+        // Shown from the start, before any refusal.
+        authorization_denied.with_label_values(&["default"]);
 
         let requests = RouteClass::ALL
             .iter()
@@ -677,6 +690,7 @@ impl Metrics {
             connections_high: std::sync::atomic::AtomicI64::new(0),
             connection_limits,
             config_reloads: ["applied", "failed"].map(|r| reloads_vec.with_label_values(&[r])),
+            authorization_denied,
         })
     }
 
@@ -704,6 +718,10 @@ impl Metrics {
         if main {
             self.connection_limits.inc();
         }
+    }
+
+    pub fn authorization_denied(&self, rule: &str) {
+        self.authorization_denied.with_label_values(&[rule]).inc();
     }
 
     /// A `SIGHUP` reload was applied (`true`) or refused (`false`).

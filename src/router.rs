@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Auth, Decision};
+use crate::authz::Policy;
 use crate::body::{self, Body, Recorded, RequestRecord};
 use crate::config::{Config, PathNormalization};
 use crate::error::{ProxyError, chain};
@@ -49,12 +50,15 @@ pub struct Conn {
 pub struct Rules {
     /// `routes.skip_auth`.
     pub skip_auth: regex::RegexSet,
+    /// `[authorization]`.
+    pub authz: Policy,
 }
 
 impl Rules {
     pub fn new(config: &Config) -> Rules {
         Rules {
             skip_auth: config.routes.skip_auth.clone(),
+            authz: Policy::new(config),
         }
     }
 }
@@ -332,6 +336,24 @@ impl App {
             Route::AuthRequest | Route::Userinfo => match self.auth.decide(req.headers()).await {
                 Decision::Authenticated { session, tokens } => {
                     let resp = if route == Route::AuthRequest {
+                        // The top-level lists, and the rule this nginx
+                        // location asks for in the query.
+                        let rules = self.rules.load();
+                        let also = req.uri().query().and_then(Policy::query_rule);
+                        let checked = rules.authz.check(
+                            rules.authz.default_rule(),
+                            also.as_ref(),
+                            &session.authz,
+                            &session.claims,
+                        );
+                        if let Err(rule) = checked {
+                            self.metrics.authorization_denied(&rule);
+                            return local(
+                                StatusCode::FORBIDDEN,
+                                "text/plain",
+                                b"forbidden".to_vec(),
+                            );
+                        }
                         self.auth.auth_request_response(&session, &tokens)
                     } else {
                         self.auth.userinfo_response(&session, &tokens)
@@ -349,6 +371,20 @@ impl App {
             },
             Route::Protected => match self.auth.decide(req.headers()).await {
                 Decision::Authenticated { session, tokens } => {
+                    let rules = self.rules.load();
+                    if !rules.authz.is_open() {
+                        let rule = rules.authz.rule_for(req.uri().path());
+                        let checked =
+                            rules
+                                .authz
+                                .check(rule, None, &session.authz, &session.claims);
+                        if let Err(rule) = checked {
+                            self.metrics.authorization_denied(&rule);
+                            let rid = request_id.to_str().unwrap_or_default();
+                            return Ok((self.auth.forbidden(&req, &session, rid), None));
+                        }
+                    }
+                    drop(rules);
                     self.auth.inject(req.headers_mut(), &session, &tokens);
                     self.proxy(conn, req, request_id).await
                 }

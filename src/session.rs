@@ -241,6 +241,8 @@ pub struct Session {
     pub generation: AtomicU64,
     /// Unix milliseconds of the last idle-timeout touch sent to the store.
     pub touched_at: AtomicU64,
+    /// What the authorization rules look at, read from `claims` once.
+    pub authz: arc_swap::ArcSwapOption<crate::authz::Facts>,
 }
 
 impl Session {
@@ -268,6 +270,7 @@ impl Session {
             created_at,
             generation: AtomicU64::new(generation),
             touched_at: AtomicU64::new(now_ms()),
+            authz: arc_swap::ArcSwapOption::empty(),
         }
     }
 

@@ -99,6 +99,22 @@ async fn login_through_nginx_auth_request_reaches_the_app_with_identity_headers(
     assert!(emp.access_token_valid(&token));
     assert_eq!(seen(&echo, "authorization"), [format!("Bearer {token}")]);
 
+    // The shipped /app/admin/ location asks /oauth2/auth for its own rule
+    // (groups admins and root@example.com): alice is refused there, 403,
+    // for a browser too (no login loop); /app/ still serves her.
+    let resp = b.get(&format!("{site}/app/admin/echo")).await;
+    assert_eq!(resp.status(), 403);
+    assert!(resp.headers().get("location").is_none());
+    assert_eq!(b.get(&format!("{site}/app/echo")).await.status(), 200);
+    let metrics = support::get_text(&sc.url("/metrics")).await;
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "emp_sidecar_authorization_denied_total{rule=\"auth_request\"}"
+        ),
+        1.0
+    );
+
     // Sign out through nginx: the session ends; the browser is sent to log in again.
     let resp = b.get(&format!("{site}/oauth2/sign_out")).await;
     assert_eq!(Browser::location(&resp), "/");

@@ -127,13 +127,16 @@ async fn sighup_rotates_cookie_secrets_and_applies_rules_and_level_live() {
     assert_eq!(bob.api(&sc.url("/app/echo")).await.status(), 200);
 
     // 2. The old secret dropped: alice's cookie is no session any more,
-    // bob's (signed by the new one) still is; the level is back to info.
+    // bob's (signed by the new one) still is; the level is back to info;
+    // an authorization rule now guards /app/admin/.
     let only_new = rotated
         .replace(
             &format!("cookie_secret = [{NEW_SECRET:?}, {COOKIE_SECRET:?}]"),
             &format!("cookie_secret = {NEW_SECRET:?}"),
         )
-        .replace("level = \"warn\"", "level = \"info\"");
+        .replace("level = \"warn\"", "level = \"info\"")
+        + "\n[[authorization.rules]]\npath = \"^/app/admin/\"\nallowed_emails = [\"root@example.com\"]\n";
+    assert_eq!(bob.api(&sc.url("/app/admin/echo")).await.status(), 200);
     // The reload's own info line is not written at `warn`: its warning is.
     reload(&sc, &path, &only_new, "cookie secrets dropped").await;
     assert!(
@@ -144,6 +147,16 @@ async fn sighup_rotates_cookie_secrets_and_applies_rules_and_level_live() {
     );
     assert_eq!(alice.api(&sc.url("/app/echo")).await.status(), 401);
     assert_eq!(bob.api(&sc.url("/app/echo")).await.status(), 200);
+    assert_eq!(bob.api(&sc.url("/app/admin/echo")).await.status(), 403);
+    let last_restart = sc
+        .log_lines()
+        .into_iter()
+        .rfind(|l| l.contains("need a restart"))
+        .unwrap();
+    assert!(
+        !last_restart.contains("authorization"),
+        "authorization applies live: {last_restart}"
+    );
     // At `warn`, no access line was written for /public/quiet; at `info`
     // again, they are.
     assert_eq!(status(&sc.url("/public/loud")).await, 200);
@@ -170,6 +183,7 @@ async fn sighup_rotates_cookie_secrets_and_applies_rules_and_level_live() {
     );
     assert_eq!(status(&sc.url("/public/still")).await, 200);
     assert_eq!(bob.api(&sc.url("/app/echo")).await.status(), 200);
+    assert_eq!(bob.api(&sc.url("/app/admin/echo")).await.status(), 403);
     assert_eq!(alice.api(&sc.url("/app/echo")).await.status(), 401);
     let metrics = support::get_text(&sc.url("/metrics")).await;
     assert_eq!(

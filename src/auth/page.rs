@@ -63,6 +63,33 @@ impl ErrorPage<'_> {
     }
 }
 
+/// A logged-in user the authorization rules refuse: who they are signed
+/// in as, and a way to sign in as someone else. Nothing about the rules.
+pub fn forbidden(signed_in_as: Option<&str>, request_id: &str) -> Response<Body> {
+    let who = match signed_in_as {
+        Some(who) => format!("You are signed in as <strong>{}</strong>, ", escape(who)),
+        None => "You are signed in, ".to_string(),
+    };
+    let html = format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Access denied</title>
+<style>body{{font-family:sans-serif;max-width:36rem;margin:4rem auto}}</style></head>
+<body><h1>Access denied</h1><p>{who}and this account may not open this page.</p>
+<p>Request id <code>{rid}</code></p>
+<form method="post" action="/oauth2/sign_out"><button type="submit">Sign out</button></form>
+</body></html>"#,
+        rid = escape(request_id),
+    );
+    let mut resp = body::response(StatusCode::FORBIDDEN, "text/html; charset=utf-8", html);
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+        ),
+    );
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

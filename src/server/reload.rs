@@ -9,7 +9,7 @@
 //! - `session.cookie_secret(_file)`: rotation (the first signs, all verify);
 //! - `provider.client_secret(_file)`;
 //! - `log.level` (unless `RUST_LOG` is set: it wins, as at start);
-//! - `routes.skip_auth`.
+//! - `routes.skip_auth` and `[authorization]` (with `allowed_emails_file`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -30,6 +30,8 @@ const LIVE_KEYS: &[&str] = &[
     "provider.client_secret_file",
     "log.level",
     "routes.skip_auth",
+    // Every key under it (a prefix).
+    "authorization.",
 ];
 
 /// Applies reloaded configurations to a running server.
@@ -107,7 +109,11 @@ impl Reloader {
                 .started
                 .changed_keys(&newer)
                 .into_iter()
-                .filter(|k| !LIVE_KEYS.contains(&k.as_str()))
+                .filter(|k| {
+                    !LIVE_KEYS
+                        .iter()
+                        .any(|live| k == live || (live.ends_with('.') && k.starts_with(live)))
+                })
                 .collect(),
             cookie_secrets_dropped: dropped,
             level: newer.log.level,

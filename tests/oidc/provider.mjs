@@ -7,7 +7,9 @@
 //           {"event":"rotated","kid":...}
 //   stdin:  "rotate RS256" / "rotate ES256": publish a new key and sign
 //           everything from now on with it (the old key stays published,
-//           as providers do during a rotation).
+//           as providers do during a rotation);
+//           "claims {json}": these claims go into every token from now on
+//           (over the defaults below); answered {"event":"claims"}.
 // The signing key is chosen by kid through the library's own buildToken
 // option; everything else is oauth2-mock-server as published.
 
@@ -25,12 +27,13 @@ await server.issuer.keys.generate('RS256', { kid });
 const build = server.issuer.buildToken.bind(server.issuer);
 server.issuer.buildToken = (opts) => build({ ...opts, kid });
 
+let extraClaims = {};
 server.service.on('beforeTokenSigning', (token) => {
   Object.assign(token.payload, {
     email: 'john.doe@example.com',
     name: 'John Doe',
     groups: ['staff', 'admins'],
-  });
+  }, extraClaims);
 });
 
 server.service.on('beforeResponse', (response, req) => {
@@ -63,6 +66,10 @@ emit({ event: 'listening', issuer: server.issuer.url });
 
 readline.createInterface({ input: process.stdin }).on('line', async (line) => {
   const [cmd, alg] = line.trim().split(/\s+/);
+  if (cmd === 'claims') {
+    extraClaims = JSON.parse(line.trim().slice('claims'.length));
+    emit({ event: 'claims' });
+  }
   if (cmd === 'rotate') {
     rotations += 1;
     const next = `key-${rotations}`;

@@ -42,6 +42,8 @@ pub struct Conf {
     session: Vec<String>,
     redis: Vec<String>,
     token: Vec<String>,
+    /// TOML appended as it is (`[authorization]`, `[[authorization.rules]]`).
+    tail: String,
 }
 
 impl Conf {
@@ -65,6 +67,7 @@ impl Conf {
             ],
             redis: Vec::new(),
             token: Vec::new(),
+            tail: String::new(),
         }
     }
     /// Shares sessions through the Redis at `url` (`session.store = "redis"`).
@@ -106,6 +109,13 @@ impl Conf {
         set(&mut self.routes, line);
         self
     }
+    /// Appends TOML text (whole tables) after the sections above.
+    pub fn append(mut self, toml: &str) -> Self {
+        self.tail.push('\n');
+        self.tail.push_str(toml);
+        self.tail.push('\n');
+        self
+    }
     pub fn headers(mut self, line: &str) -> Self {
         set(&mut self.headers, line);
         self
@@ -135,6 +145,7 @@ impl Conf {
             section("routes", &self.routes),
             section("headers", &self.headers),
             section("headers.claims", &self.claims),
+            self.tail.clone(),
         ]
         .concat()
     }

@@ -40,6 +40,15 @@ impl OpenIdProvider {
         self.events(name)
     }
 
+    /// Puts `claims` into every token from now on (over the defaults:
+    /// email john.doe@example.com, name John Doe, groups staff and admins).
+    pub fn set_claims(&mut self, claims: &Value) {
+        let before = self.events("claims").len();
+        self.node.send_line(&format!("claims {claims}"));
+        self.node
+            .wait_for_count("claims", before + 1, Duration::from_secs(10));
+    }
+
     /// Publishes a new key (`RS256` or `ES256`) and signs with it from now on.
     pub fn rotate(&mut self, alg: &str) -> String {
         let before = self.events("rotated").len();

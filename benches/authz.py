@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Authorization rules on the hot path: authenticated requests with two
+rules configured against none, in the same run.
+
+Two release sidecars on loopback in front of the same upstream (an nginx
+answering a fixed 100-byte body), logged in through the mock EMP (profile
+email bench@example.com, country KR):
+  sidecar-plain  no [authorization]
+  sidecar-rules  allowed_email_domains = ["example.com"], and a per-path
+                 rule (^/admin/: group admins, country KR or US) that the
+                 benchmarked path does not match, so each request runs the
+                 path scan and the email check
+wrk at 16 and 128 connections, ROUNDS interleaved rounds, medians.
+
+Usage: python3 benches/authz.py [--duration SECONDS] [--rounds N]
+Writes benches/results/authz.json and prints a Markdown table.
+"""
+
+import argparse
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import overhead as o  # noqa: E402  (the shared helpers: wrk, nginx, login)
+
+ROOT = o.ROOT
+
+RULES = """
+[authorization]
+allowed_email_domains = ["example.com"]
+[[authorization.rules]]
+path = "^/admin/"
+allowed_groups = ["admins"]
+claims = { "/country" = ["KR", "US"] }
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    conns_list = [16, 128]
+    subprocess.run([str(ROOT / "scripts/ensure-packages"), "nginx:nginx", "wrk:wrk"], check=True)
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
+    binary = str(ROOT / "target/release/emp-sidecar")
+    tmp = tempfile.mkdtemp(prefix="emp-bench-authz-")
+    procs = []
+    try:
+        up_port, emp_port, plain_port, rules_port = (o.free_port() for _ in range(4))
+        emp = subprocess.Popen([binary, "mock-emp", "--listen", f"127.0.0.1:{emp_port}",
+                                "--token-lifetime", "3600s"], stdout=subprocess.DEVNULL)
+        procs.append((emp, signal.SIGTERM))
+        up = o.start_nginx(o.nginx_conf(tmp, "upstream", f"""
+    server {{ listen 127.0.0.1:{up_port} backlog=4096; access_log off;
+        location / {{ default_type text/plain; return 200 "{o.BODY}"; }} }}"""))
+        procs.append((up, signal.SIGQUIT))
+        for p in (up_port, emp_port):
+            o.wait_port(p)
+        pids, targets = {}, {}
+        for name, port, extra in [("sidecar-plain", plain_port, ""),
+                                  ("sidecar-rules", rules_port, RULES)]:
+            conf = o.sidecar_conf(Path(tmp) / f"{name}.toml", port, up_port, emp_port)
+            conf.write_text(conf.read_text() + extra)
+            log = open(Path(tmp) / f"{name}.log", "w")
+            p = subprocess.Popen([binary, "--config", str(conf)], stdout=log,
+                                 stderr=subprocess.STDOUT)
+            procs.append((p, signal.SIGTERM))
+            o.wait_port(port)
+            url = f"http://127.0.0.1:{port}"
+            targets[name] = (url + "/app/bench", [f"Cookie: {o.login(url)}"])
+            pids[name] = [p.pid]
+        for url, h in targets.values():
+            status, _ = o.http("GET", url, dict(x.split(": ", 1) for x in h))
+            assert status == 200, f"{url}: {status}"
+            o.wrk(url, 16, 2, h)
+        samples = {(t, c): [] for t in targets for c in conns_list}
+        for r in range(args.rounds):
+            for c in conns_list:
+                for t, (url, h) in targets.items():
+                    res = o.wrk(url, c, args.duration, h, pids[t])
+                    samples[(t, c)].append(res)
+                    print(f"round {r + 1} c={c:<4} {t:<14} {res['rps']:>9.0f} req/s "
+                          f"p99 {res['p99_ms']:.3f} ms  CPU {res['cpu_us']:.1f} us/req",
+                          file=sys.stderr)
+
+        def med(t, c, k):
+            return statistics.median(s[k] for s in samples[(t, c)])
+
+        lines = ["| connections | target | req/s | p50 ms | p99 ms | server CPU µs/req |",
+                 "|---|---|---:|---:|---:|---:|"]
+        result = {"duration_s": args.duration, "rounds": args.rounds, "rows": [], "ratios": []}
+        for c in conns_list:
+            for t in targets:
+                row = {k: med(t, c, k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us")}
+                row.update(connections=c, target=t)
+                result["rows"].append(row)
+                lines.append(f"| {c} | {t} | {row['rps']:.0f} | {row['p50_ms']:.3f} | "
+                             f"{row['p99_ms']:.3f} | {row['cpu_us']:.1f} |")
+        lines += ["", "| connections | rules/none req/s | rules/none CPU per request |",
+                  "|---|---:|---:|"]
+        for c in conns_list:
+            ratio = {"connections": c,
+                     "rules_vs_none": med("sidecar-rules", c, "rps") / med("sidecar-plain", c, "rps"),
+                     "cpu_vs_none": med("sidecar-rules", c, "cpu_us") / med("sidecar-plain", c, "cpu_us")}
+            result["ratios"].append(ratio)
+            lines.append(f"| {c} | {ratio['rules_vs_none']:.2f} | {ratio['cpu_vs_none']:.2f} |")
+        for c in conns_list:
+            per_round = [f"{a['rps'] / b['rps']:.2f}" for a, b in
+                         zip(samples[("sidecar-rules", c)], samples[("sidecar-plain", c)])]
+            lines.append(f"rules/none req/s by round, {c} connections: {', '.join(per_round)}")
+        out = ROOT / "benches/results"
+        out.mkdir(exist_ok=True)
+        (out / "authz.json").write_text(json.dumps(result, indent=2))
+        print("\n".join(lines))
+    finally:
+        o.stop_all(procs)
+
+
+if __name__ == "__main__":
+    main()
