@@ -15,6 +15,8 @@ pub fn dr_session(n: usize, identity: impl Fn(&serde_json::Value) -> Identity) -
         refresh_token: Some(format!("emp-rt-{}", random_token())),
         expires_in: Duration::from_secs(3600),
         backend_url: Some("https://kr.emp.example.lge.com/".to_string()),
+        id_token: None,
+        claims: None,
     };
     let claims = serde_json::json!({
         "sub": user,

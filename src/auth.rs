@@ -55,6 +55,8 @@ pub struct Auth {
     cookies: Cookies,
     metrics: Arc<Metrics>,
     allowed_domains: Vec<String>,
+    /// The site's origin (`provider.redirect_url`'s), for absolute URLs.
+    public_origin: String,
     identity: IdentityRules,
     inject_authorization: bool,
     inject_access_token: bool,
@@ -100,6 +102,7 @@ impl Auth {
             provider.clone(),
             store.clone(),
             metrics.clone(),
+            IdentityRules::new(config),
             config.token.refresh_margin,
             config.provider.timeout,
         );
@@ -115,6 +118,7 @@ impl Auth {
             ),
             metrics,
             allowed_domains: config.routes.allowed_redirect_domains.clone(),
+            public_origin: config.provider.redirect_url.origin().ascii_serialization(),
             identity: IdentityRules::new(config),
             inject_authorization: config.headers.authorization,
             inject_access_token: config.headers.access_token,
@@ -171,7 +175,7 @@ impl Auth {
                 tokens.access_header.clone(),
             );
         }
-        for (name, value) in &session.identity.claim_headers {
+        for (name, value) in &session.profile().identity.claim_headers {
             h.insert(name.clone(), value.clone());
         }
         self.inject_backend(h, tokens);
@@ -190,17 +194,18 @@ impl Auth {
         let mut resp = Response::new(body::empty());
         *resp.status_mut() = StatusCode::ACCEPTED;
         let h = resp.headers_mut();
-        if let Some(u) = &session.identity.user {
+        let profile = session.profile();
+        if let Some(u) = &profile.identity.user {
             h.insert(X_AUTH_REQUEST_USER.clone(), u.clone());
         }
-        if let Some(e) = &session.identity.email {
+        if let Some(e) = &profile.identity.email {
             h.insert(X_AUTH_REQUEST_EMAIL.clone(), e.clone());
         }
         h.insert(
             X_AUTH_REQUEST_ACCESS_TOKEN.clone(),
             tokens.access_header.clone(),
         );
-        for (name, value) in &session.identity.claim_headers {
+        for (name, value) in &profile.identity.claim_headers {
             h.insert(name.clone(), value.clone());
         }
         self.inject_backend(h, tokens);
@@ -216,11 +221,12 @@ impl Auth {
         request_id: &str,
     ) -> Response<Body> {
         if is_browser_navigation(req.method(), req.headers()) {
-            let who = session
+            let profile = session.profile();
+            let who = profile
                 .identity
                 .email
                 .as_ref()
-                .or(session.identity.user.as_ref())
+                .or(profile.identity.user.as_ref())
                 .and_then(|v| v.to_str().ok());
             return page::forbidden(who, request_id);
         }
@@ -235,15 +241,16 @@ impl Auth {
     /// `/oauth2/userinfo`: the session's claims, and EMP's backend URL as
     /// `oauth2_backend_url` (unless a claim of that name is there).
     pub fn userinfo_response(&self, session: &Session, tokens: &Tokens) -> Response<Body> {
+        let profile = session.profile();
         let with_backend = tokens.backend_url.as_ref().and_then(|url| {
-            let mut claims: serde_json::Value = serde_json::from_str(&session.claims).ok()?;
+            let mut claims: serde_json::Value = serde_json::from_str(&profile.claims).ok()?;
             claims
                 .as_object_mut()?
                 .entry("oauth2_backend_url")
                 .or_insert_with(|| serde_json::Value::String(url.clone()));
             Some(claims.to_string())
         });
-        let text = with_backend.unwrap_or_else(|| session.claims.to_string());
+        let text = with_backend.unwrap_or_else(|| profile.claims.to_string());
         body::response(StatusCode::OK, "application/json", text)
     }
 
@@ -462,16 +469,36 @@ impl Auth {
     /// Ends the session on the server and clears the cookies, then returns
     /// the browser to `rd` (when safe) or `/`.
     pub async fn sign_out(&self, headers: &HeaderMap, rd: Option<&str>) -> Response<Body> {
-        if let Some(key) = self.cookies.session_key(headers)
-            && let Err(e) = self.store.remove(&key).await
-        {
-            // The cookie goes anyway; the record expires on its own.
-            tracing::warn!(error = %e, "cannot end the session in the store");
+        let mut id_token = None;
+        if let Some(key) = self.cookies.session_key(headers) {
+            // The id_token, for the provider's end-session request.
+            if let Ok(Some(session)) = self.store.get(&key).await {
+                id_token = session.tokens().id_token.clone();
+            }
+            if let Err(e) = self.store.remove(&key).await {
+                // The cookie goes anyway; the record expires on its own.
+                tracing::warn!(error = %e, "cannot end the session in the store");
+            }
         }
         let target = rd
             .and_then(|rd| redirect::safe_return(rd, &self.allowed_domains))
             .unwrap_or_else(|| "/".to_string());
-        let mut resp = redirect(&target);
+        // Then the provider's session (OpenID RP-Initiated Logout), which
+        // sends the browser back to the same checked target.
+        let absolute = if target.starts_with('/') {
+            format!("{}{target}", self.public_origin)
+        } else {
+            target.clone()
+        };
+        let location = match self
+            .provider
+            .end_session(id_token.as_deref(), &absolute)
+            .await
+        {
+            Some(url) => url.to_string(),
+            None => target,
+        };
+        let mut resp = redirect(&location);
         resp.headers_mut()
             .append(header::SET_COOKIE, self.cookies.clear_session());
         for drop in self.cookies.prune_logins(headers, 0) {

@@ -30,6 +30,11 @@ pub struct TokenSet {
     pub expires_in: Duration,
     /// EMP: `oauth2_backend_url`, sent with the first token answer only.
     pub backend_url: Option<String>,
+    /// OpenID: the id_token, for the end-session request's `id_token_hint`.
+    pub id_token: Option<String>,
+    /// A refresh's newer claims: its id_token verified (and userinfo, when
+    /// `provider.userinfo` is on). `None`: the claims stay as they are.
+    pub claims: Option<Value>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -183,6 +188,18 @@ pub trait Provider: Send + Sync {
         refresh_token: &'a str,
         subject: Option<&'a str>,
     ) -> BoxFuture<'a, Result<TokenSet, IdpError>>;
+    /// Where to send the browser after a local sign-out to end its session
+    /// at the provider too (RP-Initiated Logout), coming back to
+    /// `post_logout` (absolute); `None` when the provider announces no
+    /// end-session endpoint (EMP documents none).
+    fn end_session<'a>(
+        &'a self,
+        id_token: Option<&'a str>,
+        post_logout: &'a str,
+    ) -> BoxFuture<'a, Option<Url>> {
+        let _ = (id_token, post_logout);
+        Box::pin(async { None })
+    }
     /// Uses `secret` for the token calls from now on (`SIGHUP`). Providers
     /// without a client secret (EMP) ignore it.
     fn set_client_secret(&self, secret: Option<&Secret>) -> Result<(), String> {
@@ -324,6 +341,8 @@ pub(crate) fn token_set(endpoint: Endpoint, v: &Value) -> Result<TokenSet, IdpEr
         refresh_token: wire::string(v, "refresh_token"),
         expires_in: wire::expires_in(v.get("expires_in")).map_err(invalid)?,
         backend_url: wire::string(v, "oauth2_backend_url"),
+        id_token: wire::string(v, "id_token"),
+        claims: None,
     })
 }
 

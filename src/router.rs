@@ -340,11 +340,12 @@ impl App {
                         // location asks for in the query.
                         let rules = self.rules.load();
                         let also = req.uri().query().and_then(Policy::query_rule);
+                        let profile = session.profile();
                         let checked = rules.authz.check(
                             rules.authz.default_rule(),
                             also.as_ref(),
-                            &session.authz,
-                            &session.claims,
+                            &profile.authz,
+                            &profile.claims,
                         );
                         if let Err(rule) = checked {
                             self.metrics.authorization_denied(&rule);
@@ -374,10 +375,11 @@ impl App {
                     let rules = self.rules.load();
                     if !rules.authz.is_open() {
                         let rule = rules.authz.rule_for(req.uri().path());
+                        let profile = session.profile();
                         let checked =
                             rules
                                 .authz
-                                .check(rule, None, &session.authz, &session.claims);
+                                .check(rule, None, &profile.authz, &profile.claims);
                         if let Err(rule) = checked {
                             self.metrics.authorization_denied(&rule);
                             let rid = request_id.to_str().unwrap_or_default();

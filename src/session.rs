@@ -55,6 +55,8 @@ pub struct Tokens {
     pub backend_url: Option<String>,
     /// `backend_url` as a header value, when it can be one.
     pub backend_header: Option<HeaderValue>,
+    /// The newest id_token (OpenID), for `id_token_hint` at sign-out.
+    pub id_token: Option<String>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -88,6 +90,7 @@ impl Tokens {
                 .as_deref()
                 .and_then(|u| HeaderValue::try_from(u).ok()),
             backend_url: set.backend_url,
+            id_token: set.id_token,
         })
     }
 }
@@ -225,14 +228,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Who the session's user is: the newest verified claims and what is read
+/// out of them. Replaced whole when a refresh brings a newer id_token, so
+/// headers and authorization follow it.
 #[derive(Debug)]
-pub struct Session {
-    tokens: Mutex<Arc<Tokens>>,
+pub struct Profile {
     /// The claims as a JSON object, for `/oauth2/userinfo`.
     pub claims: Box<str>,
     /// The claims' `sub`: a refreshed id_token must name the same.
     pub subject: Option<Box<str>>,
     pub identity: Identity,
+    /// What the authorization rules look at, read from `claims` once.
+    pub authz: arc_swap::ArcSwapOption<crate::authz::Facts>,
+}
+
+impl Profile {
+    pub fn new(claims: &serde_json::Value, identity: Identity) -> Profile {
+        Profile {
+            claims: claims.to_string().into_boxed_str(),
+            subject: claims
+                .get("sub")
+                .and_then(serde_json::Value::as_str)
+                .map(Into::into),
+            identity,
+            authz: arc_swap::ArcSwapOption::empty(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Session {
+    tokens: Mutex<Arc<Tokens>>,
+    profile: arc_swap::ArcSwap<Profile>,
     pub refresh: RefreshState,
     /// Unix milliseconds of the login: `session.lifetime` counts from it.
     pub created_at: u64,
@@ -241,8 +268,6 @@ pub struct Session {
     pub generation: AtomicU64,
     /// Unix milliseconds of the last idle-timeout touch sent to the store.
     pub touched_at: AtomicU64,
-    /// What the authorization rules look at, read from `claims` once.
-    pub authz: arc_swap::ArcSwapOption<crate::authz::Facts>,
 }
 
 impl Session {
@@ -260,17 +285,11 @@ impl Session {
     ) -> Session {
         Session {
             tokens: Mutex::new(Arc::new(tokens)),
-            claims: claims.to_string().into_boxed_str(),
-            subject: claims
-                .get("sub")
-                .and_then(serde_json::Value::as_str)
-                .map(Into::into),
-            identity,
+            profile: arc_swap::ArcSwap::from_pointee(Profile::new(claims, identity)),
             refresh: RefreshState::default(),
             created_at,
             generation: AtomicU64::new(generation),
             touched_at: AtomicU64::new(now_ms()),
-            authz: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -278,10 +297,21 @@ impl Session {
         lock(&self.tokens).clone()
     }
 
-    /// Takes over the tokens and generation of a newer copy of this
-    /// session (another replica's refresh).
+    /// The user's claims and identity as they are now.
+    pub fn profile(&self) -> arc_swap::Guard<Arc<Profile>> {
+        self.profile.load()
+    }
+
+    /// Newer verified claims (a refresh's id_token).
+    pub fn set_profile(&self, profile: Profile) {
+        self.profile.store(Arc::new(profile));
+    }
+
+    /// Takes over the tokens, claims and generation of a newer copy of
+    /// this session (another replica's refresh).
     pub fn adopt(&self, newer: &Session) {
         *lock(&self.tokens) = newer.tokens();
+        self.profile.store(newer.profile.load_full());
         self.generation.store(
             newer.generation.load(std::sync::atomic::Ordering::Acquire),
             std::sync::atomic::Ordering::Release,

@@ -27,7 +27,8 @@ use tokio::time::Instant;
 use crate::metrics::{Endpoint, Metrics, RefreshResult};
 use crate::provider::{IdpError, Provider};
 use crate::session::{
-    Flight, Outcome, RefreshTurn, Session, SessionKey, SessionStore, StoreError, Tokens,
+    Flight, IdentityRules, Outcome, Profile, RefreshTurn, Session, SessionKey, SessionStore,
+    StoreError, Tokens,
 };
 
 /// Attempts per refresh, and the pause before each retry.
@@ -53,6 +54,8 @@ pub struct TokenCache {
     provider: Arc<dyn Provider>,
     store: Arc<dyn SessionStore>,
     metrics: Arc<Metrics>,
+    /// How newer claims become identity headers.
+    identity: IdentityRules,
     margin: Duration,
     /// The longest a request waits for a refresh (`provider.timeout`).
     wait: Duration,
@@ -63,6 +66,7 @@ impl TokenCache {
         provider: Arc<dyn Provider>,
         store: Arc<dyn SessionStore>,
         metrics: Arc<Metrics>,
+        identity: IdentityRules,
         margin: Duration,
         wait: Duration,
     ) -> Arc<Self> {
@@ -70,6 +74,7 @@ impl TokenCache {
             provider,
             store,
             metrics,
+            identity,
             margin,
             wait,
         })
@@ -214,7 +219,7 @@ impl TokenCache {
         loop {
             match self
                 .provider
-                .refresh(&refresh_token, session.subject.as_deref())
+                .refresh(&refresh_token, session.profile().subject.as_deref())
                 .await
             {
                 Ok(mut set) => {
@@ -226,11 +231,21 @@ impl TokenCache {
                     if set.backend_url.is_none() {
                         set.backend_url = current.backend_url.clone();
                     }
+                    if set.id_token.is_none() {
+                        set.id_token = current.id_token.clone();
+                    }
+                    let claims = set.claims.take();
                     let Some(tokens) = Tokens::issued(set, Instant::now(), self.margin) else {
                         self.metrics.refresh(RefreshResult::Rejected);
                         tracing::warn!("refreshed access token is not usable as a header value");
                         return Err(None);
                     };
+                    // Headers and authorization follow the newest claims
+                    // (the store saves them with the tokens).
+                    if let Some(claims) = claims {
+                        let identity = self.identity.identity(&claims);
+                        session.set_profile(Profile::new(&claims, identity));
+                    }
                     session.set_tokens(tokens);
                     self.metrics.refresh(RefreshResult::Success);
                     return Ok(());

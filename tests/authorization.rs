@@ -183,3 +183,47 @@ claims = { "/country" = ["US"] }
     assert_eq!(b.api(&sc.url("/app/us/echo")).await.status(), 403);
     sc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_whose_id_token_drops_a_group_takes_access_away() {
+    // 4-second tokens: refreshed after 2 s (the margin is capped at half).
+    let up = upstream::start(None).await;
+    let mut op = OpenIdProvider::start(0, std::time::Duration::from_secs(4));
+    let sc = Sidecar::start(
+        &conf(&up.url(), &op.issuer)
+            .claim("\"X-User-Groups\" = \"/groups\"")
+            .append(
+                "[[authorization.rules]]\npath = \"^/app/admin/\"\nallowed_groups = [\"admins\"]",
+            ),
+    )
+    .await;
+    let b = logged_in(&sc).await;
+    let echo = b.echo(&sc.url("/app/admin/echo")).await;
+    assert_eq!(support::seen(&echo, "x-user-groups"), ["staff,admins"]);
+    // The provider takes the group away; the next refresh's id_token says so.
+    op.set_claims(&json!({"groups": ["staff"]}));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = b.api(&sc.url("/app/admin/echo")).await.status();
+        if status == 403 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still admitted after 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The identity headers follow too, and the rest of the site still serves.
+    let echo = b.echo(&sc.url("/app/echo")).await;
+    assert_eq!(support::seen(&echo, "x-user-groups"), ["staff"]);
+    let info: Value = b
+        .api(&sc.url("/oauth2/userinfo"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["groups"], json!(["staff"]));
+    sc.shutdown().await;
+}

@@ -47,6 +47,44 @@ async fn login(b: &mut Browser, start: &str) -> HashMap<String, String> {
 }
 
 #[tokio::test]
+async fn sign_out_ends_the_session_at_the_provider_and_comes_back_to_a_safe_place() {
+    let up = upstream::start(None).await;
+    let op = OpenIdProvider::start(0, Duration::from_secs(3600));
+    let sc = Sidecar::start(&conf(&up.url(), &op.issuer)).await;
+    let here = format!("http://{}", sc.addr);
+    for (rd, back) in [
+        ("/after?x=1", format!("{here}/after?x=1")),
+        // Not a safe return URL: the site's root instead.
+        ("https://evil.example/", format!("{here}/")),
+    ] {
+        let mut b = Browser::new();
+        login(&mut b, &sc.url("/app/echo")).await;
+        let resp = b
+            .get(&sc.url(&format!(
+                "/oauth2/sign_out?rd={}",
+                url::form_urlencoded::byte_serialize(rd.as_bytes()).collect::<String>()
+            )))
+            .await;
+        let to_provider = url::Url::parse(&Browser::location(&resp)).unwrap();
+        assert_eq!(
+            to_provider.as_str().split('?').next().unwrap(),
+            format!("{}/endsession", op.issuer)
+        );
+        let q: HashMap<String, String> = to_provider.query_pairs().into_owned().collect();
+        assert_eq!(q["post_logout_redirect_uri"], back);
+        assert_eq!(q["client_id"], "sidecar-client");
+        let hint = &q["id_token_hint"];
+        assert_eq!(hint.split('.').count(), 3, "a JWT: {hint}");
+        // The session is over here already, whatever the provider does.
+        assert_eq!(b.api(&sc.url("/app/echo")).await.status(), 401);
+        // The provider ends its own and sends the browser back.
+        let resp = b.get(to_provider.as_str()).await;
+        assert_eq!(Browser::location(&resp), back);
+    }
+    sc.shutdown().await;
+}
+
+#[tokio::test]
 async fn login_with_discovery_pkce_and_nonce_puts_verified_claims_upstream() {
     let mut op = OpenIdProvider::start(0, Duration::from_secs(3600));
     let up = upstream::start(None).await;

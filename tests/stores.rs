@@ -34,6 +34,8 @@ fn refreshed(access_token: &str) -> Tokens {
             refresh_token: Some("rt-2".into()),
             expires_in: Duration::from_secs(600),
             backend_url: None,
+            id_token: None,
+            claims: None,
         },
         Instant::now(),
         Duration::from_secs(60),
@@ -48,6 +50,8 @@ fn session(access_token: &str, user: &str, config: &Config) -> Arc<Session> {
             refresh_token: Some(format!("rt-of-{access_token}")),
             expires_in: Duration::from_secs(600),
             backend_url: Some("https://kr.lgthinq.example/".into()),
+            id_token: None,
+            claims: None,
         },
         Instant::now(),
         Duration::from_secs(60),
@@ -138,9 +142,9 @@ async fn suite(store: Arc<dyn SessionStore>, replica: Arc<dyn SessionStore>, con
             t.expires_at > Instant::now() + Duration::from_secs(590),
             "{who}"
         );
-        assert_eq!(got.subject.as_deref(), Some("alice"));
-        assert_eq!(got.identity.user.as_ref().unwrap(), "alice");
-        assert!(got.claims.contains("alice@example.com"));
+        assert_eq!(got.profile().subject.as_deref(), Some("alice"));
+        assert_eq!(got.profile().identity.user.as_ref().unwrap(), "alice");
+        assert!(got.profile().claims.contains("alice@example.com"));
     }
 
     // Another session's key, or the same id with another secret, finds nothing.

@@ -51,6 +51,8 @@ struct Metadata {
     token_endpoint: Url,
     jwks_uri: Url,
     userinfo_endpoint: Option<Url>,
+    /// OpenID Connect RP-Initiated Logout 1.0, when announced.
+    end_session_endpoint: Option<Url>,
     algorithms: Vec<Algorithm>,
 }
 
@@ -209,6 +211,8 @@ impl Oidc {
             token_endpoint: endpoint(&self.base, "/oauth/token"),
             jwks_uri: endpoint(&self.base, "/.well-known/jwks.json"),
             userinfo_endpoint: Some(endpoint(&self.base, "/userinfo")),
+            // Without discovery nothing says where it would be.
+            end_session_endpoint: None,
             // No document to restrict them: the published keys decide.
             algorithms: jwks::ACCEPTED.to_vec(),
         }
@@ -251,6 +255,7 @@ impl Oidc {
             token_endpoint: url_of("token_endpoint")?,
             jwks_uri: url_of("jwks_uri")?,
             userinfo_endpoint: url_of("userinfo_endpoint").ok(),
+            end_session_endpoint: url_of("end_session_endpoint").ok(),
             algorithms,
         })
     }
@@ -425,6 +430,26 @@ impl Oidc {
 }
 
 impl Provider for Oidc {
+    fn end_session<'a>(
+        &'a self,
+        id_token: Option<&'a str>,
+        post_logout: &'a str,
+    ) -> BoxFuture<'a, Option<Url>> {
+        Box::pin(async move {
+            // Discovery down: the local sign-out still happens.
+            let mut url = self.metadata().await.ok()?.end_session_endpoint.clone()?;
+            {
+                let mut q = url.query_pairs_mut();
+                if let Some(hint) = id_token {
+                    q.append_pair("id_token_hint", hint);
+                }
+                q.append_pair("post_logout_redirect_uri", post_logout);
+                q.append_pair("client_id", &self.client_id);
+            }
+            Some(url)
+        })
+    }
+
     fn set_client_secret(&self, secret: Option<&Secret>) -> Result<(), String> {
         self.client_secret
             .store(Arc::new(client_secret_text(secret)?));
@@ -502,12 +527,20 @@ impl Provider for Oidc {
                 ("refresh_token", refresh_token),
             ];
             let answer = self.token_request(Endpoint::Refresh, &meta, form).await?;
-            let set = token_set(Endpoint::Refresh, &answer)?;
+            let mut set = token_set(Endpoint::Refresh, &answer)?;
             // A refresh answer need not carry an id_token; when it does, it
-            // must verify and name the same user (OpenID Connect Core 12.2).
+            // must verify and name the same user (OpenID Connect Core 12.2),
+            // and its claims replace the session's (a group removed at the
+            // provider is gone from the next refresh on).
             if let Some(id_token) = wire::string(&answer, "id_token") {
-                self.verify(&meta, Endpoint::Refresh, &id_token, None, subject)
+                let mut claims = self
+                    .verify(&meta, Endpoint::Refresh, &id_token, None, subject)
                     .await?;
+                if self.userinfo {
+                    self.merge_userinfo(&meta, &set.access_token, &mut claims)
+                        .await?;
+                }
+                set.claims = Some(claims);
             }
             Ok(set)
         })

@@ -31,6 +31,10 @@ struct Record {
     /// EMP's `oauth2_backend_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bu: Option<String>,
+    /// The id_token of the login or the last refresh (OpenID), for the
+    /// end-session request's `id_token_hint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    it: Option<String>,
     /// The claims.
     c: Value,
     /// Login time, Unix ms.
@@ -62,7 +66,8 @@ pub fn encode(session: &Session) -> Vec<u8> {
         exp: wall_ms(tokens.expires_at),
         lt: tokens.lifetime.as_millis() as u64,
         bu: tokens.backend_url.clone(),
-        c: serde_json::from_str(&session.claims).unwrap_or(Value::Null),
+        it: tokens.id_token.clone(),
+        c: serde_json::from_str(&session.profile().claims).unwrap_or(Value::Null),
         iat: session.created_at,
     };
     serde_json::to_vec(&record).unwrap_or_default()
@@ -85,6 +90,8 @@ pub fn decode(
             refresh_token: r.rt,
             expires_in: Duration::from_millis(r.lt),
             backend_url: r.bu,
+            id_token: r.it,
+            claims: None,
         },
         r.exp,
         margin,
@@ -124,6 +131,8 @@ mod tests {
                 refresh_token: Some("rt".into()),
                 expires_in: Duration::from_secs(600),
                 backend_url: Some("https://kr.emp/".into()),
+                id_token: Some("h.p.s".into()),
+                claims: None,
             },
             Instant::now(),
             Duration::from_secs(60),
@@ -136,13 +145,14 @@ mod tests {
         assert_eq!(b.access_token, "at");
         assert_eq!(b.refresh_token.as_deref(), Some("rt"));
         assert_eq!(b.backend_url.as_deref(), Some("https://kr.emp/"));
+        assert_eq!(b.id_token.as_deref(), Some("h.p.s"));
         assert_eq!(b.lifetime, Duration::from_secs(600));
         let skew = |x: Instant, y: Instant| if x > y { x - y } else { y - x };
         assert!(skew(a.expires_at, b.expires_at) < Duration::from_millis(5));
         assert!(skew(a.refresh_at, b.refresh_at) < Duration::from_millis(5));
         assert_eq!(back.created_at, s.created_at);
-        assert_eq!(back.subject.as_deref(), Some("alice"));
-        assert_eq!(back.identity.user.as_ref().unwrap(), "alice");
+        assert_eq!(back.profile().subject.as_deref(), Some("alice"));
+        assert_eq!(back.profile().identity.user.as_ref().unwrap(), "alice");
         assert_eq!(
             back.generation.load(std::sync::atomic::Ordering::Relaxed),
             7

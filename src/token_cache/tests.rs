@@ -72,6 +72,8 @@ impl Provider for Fake {
                     refresh_token: matches!(answer, Answer::OkRotating).then(|| format!("rt-{n}")),
                     expires_in: self.lifetime,
                     backend_url: None,
+                    id_token: None,
+                    claims: None,
                 }),
                 Answer::Reject => Err(IdpError::Rejected {
                     endpoint: Endpoint::Refresh,
@@ -115,6 +117,7 @@ async fn setup(fake: Arc<Fake>, expires_in: Duration) -> Setup {
         fake.clone(),
         store.clone(),
         metrics.clone(),
+        IdentityRules::for_tests("/sub"),
         Duration::from_secs(10),
         PROVIDER_TIMEOUT,
     );
@@ -124,6 +127,8 @@ async fn setup(fake: Arc<Fake>, expires_in: Duration) -> Setup {
             refresh_token: Some("rt-0".into()),
             expires_in,
             backend_url: Some("https://backend/".into()),
+            id_token: None,
+            claims: None,
         },
         Instant::now(),
         Duration::from_secs(10),
@@ -401,6 +406,8 @@ fn the_margin_is_capped_at_half_the_lifetime() {
         refresh_token: None,
         expires_in: Duration::from_secs(secs),
         backend_url: None,
+        id_token: None,
+        claims: None,
     };
     let t = Tokens::issued(set(60), now, Duration::from_secs(300)).unwrap();
     assert_eq!(t.refresh_at - now, Duration::from_secs(30));
