@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Authorization rules on the hot path: authenticated requests with two
-rules configured against none, in the same run.
+"""Authorization rules and bearer tokens on the hot path, in one run:
+authenticated requests with two authorization rules configured against
+none, and requests with a bearer token (verified once, then cached)
+against requests with a session cookie.
 
 Two release sidecars on loopback in front of the same upstream (an nginx
 answering a fixed 100-byte body), logged in through the mock EMP (profile
@@ -10,6 +12,9 @@ email bench@example.com, country KR):
                  rule (^/admin/: group admins, country KR or US) that the
                  benchmarked path does not match, so each request runs the
                  path scan and the email check
+  sidecar-bearer the plain sidecar ([bearer] on, opaque_cache 600 s), the
+                 same user's EMP access token in Authorization instead of
+                 the cookie (checked once through /profile, then cached)
 wrk at 16 and 128 connections, ROUNDS interleaved rounds, medians.
 
 Usage: python3 benches/authz.py [--duration SECONDS] [--rounds N]
@@ -63,7 +68,8 @@ def main():
         for p in (up_port, emp_port):
             o.wait_port(p)
         pids, targets = {}, {}
-        for name, port, extra in [("sidecar-plain", plain_port, ""),
+        bearer = '\n[bearer]\nenabled = true\nopaque_cache = "600s"\n'
+        for name, port, extra in [("sidecar-plain", plain_port, bearer),
                                   ("sidecar-rules", rules_port, RULES)]:
             conf = o.sidecar_conf(Path(tmp) / f"{name}.toml", port, up_port, emp_port)
             conf.write_text(conf.read_text() + extra)
@@ -73,8 +79,16 @@ def main():
             procs.append((p, signal.SIGTERM))
             o.wait_port(port)
             url = f"http://127.0.0.1:{port}"
-            targets[name] = (url + "/app/bench", [f"Cookie: {o.login(url)}"])
+            cookie = o.login(url)
+            targets[name] = (url + "/app/bench", [f"Cookie: {cookie}"])
             pids[name] = [p.pid]
+            if name == "sidecar-plain":
+                # The session's access token, as nginx would get it.
+                _, h = o.http("GET", url + "/oauth2/auth", {"Cookie": cookie})
+                token = {k.lower(): v for k, v in h}["x-auth-request-access-token"]
+                targets["sidecar-bearer"] = (url + "/app/bench",
+                                             [f"Authorization: Bearer {token}"])
+                pids["sidecar-bearer"] = [p.pid]
         for url, h in targets.values():
             status, _ = o.http("GET", url, dict(x.split(": ", 1) for x in h))
             assert status == 200, f"{url}: {status}"
@@ -102,18 +116,24 @@ def main():
                 result["rows"].append(row)
                 lines.append(f"| {c} | {t} | {row['rps']:.0f} | {row['p50_ms']:.3f} | "
                              f"{row['p99_ms']:.3f} | {row['cpu_us']:.1f} |")
-        lines += ["", "| connections | rules/none req/s | rules/none CPU per request |",
-                  "|---|---:|---:|"]
+        lines += ["", "| connections | rules/none req/s | rules/none CPU per request "
+                  "| bearer/cookie req/s | bearer/cookie CPU per request |",
+                  "|---|---:|---:|---:|---:|"]
         for c in conns_list:
+            plain = ("sidecar-plain", c)
             ratio = {"connections": c,
-                     "rules_vs_none": med("sidecar-rules", c, "rps") / med("sidecar-plain", c, "rps"),
-                     "cpu_vs_none": med("sidecar-rules", c, "cpu_us") / med("sidecar-plain", c, "cpu_us")}
+                     "rules_vs_none": med("sidecar-rules", c, "rps") / med(*plain, "rps"),
+                     "cpu_vs_none": med("sidecar-rules", c, "cpu_us") / med(*plain, "cpu_us"),
+                     "bearer_vs_cookie": med("sidecar-bearer", c, "rps") / med(*plain, "rps"),
+                     "bearer_cpu_vs_cookie": med("sidecar-bearer", c, "cpu_us") / med(*plain, "cpu_us")}
             result["ratios"].append(ratio)
-            lines.append(f"| {c} | {ratio['rules_vs_none']:.2f} | {ratio['cpu_vs_none']:.2f} |")
-        for c in conns_list:
-            per_round = [f"{a['rps'] / b['rps']:.2f}" for a, b in
-                         zip(samples[("sidecar-rules", c)], samples[("sidecar-plain", c)])]
-            lines.append(f"rules/none req/s by round, {c} connections: {', '.join(per_round)}")
+            lines.append(f"| {c} | {ratio['rules_vs_none']:.2f} | {ratio['cpu_vs_none']:.2f} "
+                         f"| {ratio['bearer_vs_cookie']:.2f} | {ratio['bearer_cpu_vs_cookie']:.2f} |")
+        for t in ("sidecar-rules", "sidecar-bearer"):
+            for c in conns_list:
+                per_round = [f"{a['rps'] / b['rps']:.2f}" for a, b in
+                             zip(samples[(t, c)], samples[("sidecar-plain", c)])]
+                lines.append(f"{t}/plain req/s by round, {c} connections: {', '.join(per_round)}")
         out = ROOT / "benches/results"
         out.mkdir(exist_ok=True)
         (out / "authz.json").write_text(json.dumps(result, indent=2))

@@ -11,6 +11,7 @@
 //! (single use across replicas), exchanges the code, fetches the claims, and
 //! creates the session.
 
+pub mod bearer;
 pub mod page;
 pub mod redirect;
 
@@ -62,6 +63,8 @@ pub struct Auth {
     inject_access_token: bool,
     /// `headers.backend_url`.
     backend_header: Option<HeaderName>,
+    /// `[bearer]`, when enabled.
+    bearer: Option<bearer::Bearer>,
 }
 
 /// Whether a request is a browser navigation (sent to log in, not refused).
@@ -96,6 +99,7 @@ impl Auth {
         config: &Config,
         provider: Arc<dyn Provider>,
         store: Arc<dyn SessionStore>,
+        bearer: Option<bearer::Bearer>,
         metrics: Arc<Metrics>,
     ) -> Auth {
         let tokens = TokenCache::new(
@@ -123,6 +127,7 @@ impl Auth {
             inject_authorization: config.headers.authorization,
             inject_access_token: config.headers.access_token,
             backend_header: config.headers.backend_url.clone(),
+            bearer,
         }
     }
 
@@ -161,6 +166,61 @@ impl Auth {
             Fresh::Unavailable(e) => Decision::IdpUnavailable(e),
             Fresh::StoreUnavailable(e) => Decision::StoreUnavailable(e),
         }
+    }
+
+    /// Whether the request carries a bearer token to check (`[bearer]` on).
+    pub fn has_bearer(&self, headers: &HeaderMap) -> bool {
+        self.bearer.is_some() && bearer::token(headers).is_some()
+    }
+
+    /// Checks the request's bearer token (see [`bearer`]).
+    pub async fn bearer(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Arc<bearer::Verified>, crate::provider::BearerRefusal> {
+        match (&self.bearer, bearer::token(headers)) {
+            (Some(b), Some(token)) => b.check(token).await,
+            _ => Err(crate::provider::BearerRefusal::Invalid(
+                "no bearer token".into(),
+            )),
+        }
+    }
+
+    /// Identity headers for the upstream of a bearer-token request: the
+    /// claim headers, and the token as `X-Forwarded-Access-Token`; the
+    /// client's `Authorization` (the token) goes on as it is.
+    pub fn inject_bearer(&self, h: &mut HeaderMap, verified: &bearer::Verified) {
+        if self.inject_access_token {
+            h.insert(
+                X_FORWARDED_ACCESS_TOKEN.clone(),
+                verified.access_header.clone(),
+            );
+        }
+        for (name, value) in &verified.profile.identity.claim_headers {
+            h.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// `/oauth2/auth` for a bearer token: 202 with its identity headers.
+    pub fn bearer_auth_response(&self, verified: &bearer::Verified) -> Response<Body> {
+        let mut resp = Response::new(body::empty());
+        *resp.status_mut() = StatusCode::ACCEPTED;
+        let h = resp.headers_mut();
+        let identity = &verified.profile.identity;
+        if let Some(u) = &identity.user {
+            h.insert(X_AUTH_REQUEST_USER.clone(), u.clone());
+        }
+        if let Some(e) = &identity.email {
+            h.insert(X_AUTH_REQUEST_EMAIL.clone(), e.clone());
+        }
+        h.insert(
+            X_AUTH_REQUEST_ACCESS_TOKEN.clone(),
+            verified.access_header.clone(),
+        );
+        for (name, value) in &identity.claim_headers {
+            h.insert(name.clone(), value.clone());
+        }
+        resp
     }
 
     /// Identity headers for the upstream of an authenticated request. The

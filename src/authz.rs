@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use regex::RegexSet;
+use regex::Regex;
 use serde_json::Value;
 
 use crate::config::{AuthorizationConfig, Config, ProviderKind};
@@ -108,7 +108,9 @@ pub struct Facts {
 pub struct Policy {
     generation: u64,
     default: Rule,
-    paths: RegexSet,
+    /// Each rule's path; tried in order, the first that matches wins (no
+    /// `RegexSet`: it would find every match, into a fresh allocation).
+    paths: Vec<Regex>,
     rules: Vec<Rule>,
     email_claim: String,
     groups_claim: String,
@@ -152,9 +154,7 @@ impl Policy {
                     .collect(),
             })
             .collect();
-        // Every pattern compiled when the configuration was read.
-        let paths = RegexSet::new(a.rules.iter().map(|r| r.path.as_str()))
-            .unwrap_or_else(|_| RegexSet::empty());
+        let paths = a.rules.iter().map(|r| r.path.clone()).collect();
         Policy {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             default,
@@ -183,13 +183,9 @@ impl Policy {
     /// The rule for a canonical path: the first per-path rule that matches,
     /// else the top-level lists.
     pub fn rule_for(&self, path: &str) -> &Rule {
-        if self.rules.is_empty() {
-            return &self.default;
-        }
         self.paths
-            .matches(path)
             .iter()
-            .next()
+            .position(|p| p.is_match(path))
             .and_then(|i| self.rules.get(i))
             .unwrap_or(&self.default)
     }
@@ -225,13 +221,21 @@ impl Policy {
         if rule.is_open() && also.is_none() {
             return Ok(());
         }
-        let facts = self.facts_of(cache, claims);
-        for r in std::iter::once(rule).chain(also) {
-            if !r.allows(&facts) {
-                return Err(r.label.clone());
+        let verdict = |facts: &Facts| {
+            for r in std::iter::once(rule).chain(also) {
+                if !r.allows(facts) {
+                    return Err(r.label.clone());
+                }
             }
+            Ok(())
+        };
+        // The cached facts, without touching their reference count.
+        if let Some(facts) = cache.load().as_ref()
+            && self.current(facts)
+        {
+            return verdict(facts);
         }
-        Ok(())
+        verdict(&self.facts_of(cache, claims))
     }
 
     /// Reads what the rules look at out of a session's claims.

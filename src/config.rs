@@ -39,6 +39,7 @@ pub struct Config {
     pub token: TokenConfig,
     pub headers: HeadersConfig,
     pub authorization: AuthorizationConfig,
+    pub bearer: BearerConfig,
     pub routes: RoutesConfig,
     /// The merged layers the values came from, for [`Config::changed_keys`].
     layers: Layers,
@@ -246,6 +247,19 @@ pub struct HeadersConfig {
     pub backend_url: Option<HeaderName>,
 }
 
+/// API clients with their own tokens (`[bearer]`).
+#[derive(Debug, Clone)]
+pub struct BearerConfig {
+    pub enabled: bool,
+    /// Accepted `aud` values (empty in the file: `provider.client_id`).
+    pub audiences: Vec<String>,
+    /// More issuers: each with its discovery, JWKS and audience.
+    pub extra_issuers: Vec<(Url, String)>,
+    /// EMP: how long a token `/profile` accepted is trusted without asking
+    /// again (and a refused one refused).
+    pub opaque_cache: Duration,
+}
+
 /// Who may enter once logged in (`[authorization]`): empty lists let
 /// anyone in who can log in.
 #[derive(Debug, Clone, Default)]
@@ -399,6 +413,7 @@ impl Config {
         let refresh_margin = l.duration("token.refresh_margin");
         let headers = headers(&mut l);
         let authorization = authorization(&mut l);
+        let bearer = bearer(&mut l, provider.as_ref());
         let routes = routes(&mut l);
 
         if !l.problems.is_empty() {
@@ -414,6 +429,7 @@ impl Config {
             refresh_margin,
             headers,
             authorization,
+            bearer,
             routes,
         ) {
             (
@@ -425,6 +441,7 @@ impl Config {
                 Some(refresh_margin),
                 Some(headers),
                 Some(authorization),
+                Some(bearer),
                 Some(routes),
             ) => Ok(Config {
                 server,
@@ -435,6 +452,7 @@ impl Config {
                 token: TokenConfig { refresh_margin },
                 headers,
                 authorization,
+                bearer,
                 routes,
                 layers: Layers(
                     figment
@@ -1275,6 +1293,56 @@ fn authorization(l: &mut Loader) -> Option<AuthorizationConfig> {
         rules,
     };
     ok.then_some(config)
+}
+
+fn bearer(l: &mut Loader, provider: Option<&ProviderConfig>) -> Option<BearerConfig> {
+    let enabled = l.get::<bool>("bearer.enabled")?;
+    let mut audiences = l.get::<Vec<String>>("bearer.audiences")?;
+    audiences.retain(|a| !a.trim().is_empty());
+    if audiences.is_empty()
+        && let Some(p) = provider
+    {
+        audiences.push(p.client_id.clone());
+    }
+    let mut extra_issuers = Vec::new();
+    let mut ok = true;
+    for entry in l.get::<Vec<String>>("bearer.extra_issuers")? {
+        let parsed = entry.split_once('=').and_then(|(issuer, audience)| {
+            let url = Url::parse(issuer.trim()).ok()?;
+            let audience = audience.trim();
+            (matches!(url.scheme(), "https" | "http") && !audience.is_empty())
+                .then(|| (url, audience.to_string()))
+        });
+        match parsed {
+            Some(p) => extra_issuers.push(p),
+            None => {
+                l.problem(
+                    "bearer.extra_issuers",
+                    format!("{entry:?}: expected \"https://issuer.example=audience\""),
+                );
+                ok = false;
+            }
+        }
+    }
+    let opaque_cache = l.duration("bearer.opaque_cache")?;
+    if enabled
+        && let Some(p) = provider
+        && p.kind == ProviderKind::Emp
+        && !p.profile
+        && extra_issuers.is_empty()
+    {
+        l.problem(
+            "bearer.enabled",
+            "EMP's access tokens are opaque: they can be checked only through provider.profile = true (or add bearer.extra_issuers)",
+        );
+        ok = false;
+    }
+    ok.then_some(BearerConfig {
+        enabled,
+        audiences,
+        extra_issuers,
+        opaque_cache,
+    })
 }
 
 fn routes(l: &mut Loader) -> Option<RoutesConfig> {

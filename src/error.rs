@@ -21,6 +21,10 @@ pub enum ProxyError {
     ClientBodyTimeout,
     #[error("no valid session")]
     Unauthenticated,
+    #[error("the bearer token is invalid or expired")]
+    InvalidToken,
+    #[error("this account may not access this resource")]
+    Forbidden,
 
     // The upstream's fault.
     #[error("upstream refused or dropped the connection")]
@@ -47,7 +51,8 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest(..) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ProxyError::Unauthenticated | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -68,6 +73,8 @@ impl ProxyError {
             | ProxyError::ClientBody(_)
             | ProxyError::ClientBodyTimeout
             | ProxyError::Unauthenticated
+            | ProxyError::InvalidToken
+            | ProxyError::Forbidden
             | ProxyError::IdpUnavailable(_)
             | ProxyError::StoreUnavailable(_) => None,
             ProxyError::UpstreamConnect(_) => Some(UpstreamErrorKind::Connect),
@@ -85,6 +92,8 @@ impl ProxyError {
             ProxyError::ClientBodyTimeout => Some(ClientErrorKind::BodyTimeout),
             ProxyError::HeadersTooLarge
             | ProxyError::Unauthenticated
+            | ProxyError::InvalidToken
+            | ProxyError::Forbidden
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamConnectTimeout
             | ProxyError::UpstreamResponseTimeout
@@ -101,6 +110,8 @@ impl ProxyError {
             ProxyError::BadRequest(..) | ProxyError::ClientBody(_) => "bad_request",
             ProxyError::ClientBodyTimeout => "request_timeout",
             ProxyError::Unauthenticated => "unauthorized",
+            ProxyError::InvalidToken => "invalid_token",
+            ProxyError::Forbidden => "forbidden",
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamProtocol(_) => "bad_gateway",
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamResponseTimeout => {
                 "gateway_timeout"
@@ -119,7 +130,16 @@ impl ProxyError {
             "message": self.to_string(),
             "request_id": request_id,
         });
-        body::response(status, "application/json", body.to_string())
+        let invalid_token = matches!(self, ProxyError::InvalidToken);
+        let mut resp = body::response(status, "application/json", body.to_string());
+        if invalid_token {
+            // RFC 6750 3.1: never a login redirect for an API client.
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        resp
     }
 }
 

@@ -422,6 +422,32 @@ impl RefreshResult {
     }
 }
 
+/// What became of a bearer token (`emp_sidecar_bearer_tokens_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerResult {
+    Accepted,
+    Cached,
+    Invalid,
+    Unavailable,
+}
+
+impl BearerResult {
+    pub const ALL: [BearerResult; 4] = [
+        BearerResult::Accepted,
+        BearerResult::Cached,
+        BearerResult::Invalid,
+        BearerResult::Unavailable,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BearerResult::Accepted => "accepted",
+            BearerResult::Cached => "cached",
+            BearerResult::Invalid => "invalid",
+            BearerResult::Unavailable => "unavailable",
+        }
+    }
+}
+
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Latency buckets from 0.5 ms (the proxy's own overhead) to 60 s (slow upstreams).
 const DURATION_BUCKETS: &[f64] = &[
@@ -448,6 +474,7 @@ pub struct Metrics {
     /// (`server.rs`, giving memory back after bursts).
     pub connections_high: std::sync::atomic::AtomicI64,
     connection_limits: IntCounter,
+    bearer: Vec<IntCounter>,
     /// `SIGHUP` reloads: applied, failed.
     config_reloads: [IntCounter; 2],
     /// Requests refused by the authorization rules, by rule (labels from
@@ -551,6 +578,13 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let bearer_vec = IntCounterVec::new(
+            Opts::new(
+                "emp_sidecar_bearer_tokens_total",
+                "Bearer tokens of API clients, by result (cached: verified before)",
+            ),
+            &["result"],
+        )?;
         let authorization_denied = IntCounterVec::new(
             Opts::new(
                 "emp_sidecar_authorization_denied_total",
@@ -616,6 +650,7 @@ impl Metrics {
         registry.register(Box::new(connection_limits.clone()))?;
         registry.register(Box::new(reloads_vec.clone()))?;
         registry.register(Box::new(authorization_denied.clone()))?;
+        registry.register(Box::new(bearer_vec.clone()))?;
         // Shown from the start, before any refusal.
         authorization_denied.with_label_values(&["default"]);
 
@@ -691,6 +726,10 @@ impl Metrics {
             connection_limits,
             config_reloads: ["applied", "failed"].map(|r| reloads_vec.with_label_values(&[r])),
             authorization_denied,
+            bearer: BearerResult::ALL
+                .iter()
+                .map(|r| bearer_vec.with_label_values(&[r.as_str()]))
+                .collect(),
         })
     }
 
@@ -718,6 +757,10 @@ impl Metrics {
         if main {
             self.connection_limits.inc();
         }
+    }
+
+    pub fn bearer(&self, result: BearerResult) {
+        self.bearer[result as usize].inc();
     }
 
     pub fn authorization_denied(&self, rule: &str) {

@@ -188,6 +188,20 @@ pub trait Provider: Send + Sync {
         refresh_token: &'a str,
         subject: Option<&'a str>,
     ) -> BoxFuture<'a, Result<TokenSet, IdpError>>;
+    /// Checks a bearer token an API client sent (`[bearer]`): its claims
+    /// when it is valid for one of `audiences`. The default accepts none.
+    fn verify_bearer<'a>(
+        &'a self,
+        token: &'a str,
+        audiences: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Value, BearerRefusal>> {
+        let _ = (token, audiences);
+        Box::pin(async {
+            Err(BearerRefusal::Invalid(
+                "not a token this provider issues".into(),
+            ))
+        })
+    }
     /// Where to send the browser after a local sign-out to end its session
     /// at the provider too (RP-Initiated Logout), coming back to
     /// `post_logout` (absolute); `None` when the provider announces no
@@ -206,6 +220,17 @@ pub trait Provider: Send + Sync {
         let _ = secret;
         Ok(())
     }
+}
+
+/// Why a bearer token was not accepted.
+#[derive(Debug, Clone)]
+pub enum BearerRefusal {
+    /// Forged, expired, for another audience or issuer, unknown, revoked:
+    /// `401` with `WWW-Authenticate: Bearer error="invalid_token"`.
+    Invalid(String),
+    /// The provider could not be asked (discovery, JWKS or profile down):
+    /// `503`, the token may well be valid.
+    Unavailable(Arc<IdpError>),
 }
 
 /// The largest IdP answer read (token, profile, userinfo, discovery,
@@ -375,6 +400,33 @@ pub fn build(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<dyn Provider>
             Ok(Arc::new(oidc::Oidc::new(&config.provider, http, metrics)?))
         }
     }
+}
+
+/// A provider `[bearer]` checks tokens with, and the audiences it accepts.
+pub type BearerIssuer = (Arc<dyn Provider>, Vec<String>);
+
+/// The providers `[bearer]` checks tokens with: the configured one, then
+/// one OpenID provider per `bearer.extra_issuers` entry (its own
+/// discovery and JWKS), each with the audiences it accepts.
+pub fn bearer_issuers(
+    config: &Config,
+    provider: Arc<dyn Provider>,
+    metrics: Arc<Metrics>,
+) -> Result<Vec<BearerIssuer>, String> {
+    let mut out = vec![(provider, config.bearer.audiences.clone())];
+    for (issuer, audience) in &config.bearer.extra_issuers {
+        let mut cfg = config.provider.clone();
+        cfg.kind = ProviderKind::Oidc;
+        cfg.base_url = issuer.clone();
+        cfg.client_id = audience.clone();
+        cfg.userinfo = false;
+        let http = http_client(config.provider.timeout).map_err(|e| e.to_string())?;
+        out.push((
+            Arc::new(oidc::Oidc::new(&cfg, http, metrics.clone())?),
+            vec![audience.clone()],
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

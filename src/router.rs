@@ -361,6 +361,38 @@ impl App {
                     };
                     Ok((resp, None))
                 }
+                // An API client's own token (`[bearer]`), through nginx too.
+                Decision::NeedsLogin
+                    if route == Route::AuthRequest && self.auth.has_bearer(req.headers()) =>
+                {
+                    match self.auth.bearer(req.headers()).await {
+                        Ok(verified) => {
+                            let rules = self.rules.load();
+                            let also = req.uri().query().and_then(Policy::query_rule);
+                            let checked = rules.authz.check(
+                                rules.authz.default_rule(),
+                                also.as_ref(),
+                                &verified.profile.authz,
+                                &verified.profile.claims,
+                            );
+                            if let Err(rule) = checked {
+                                self.metrics.authorization_denied(&rule);
+                                return local(
+                                    StatusCode::FORBIDDEN,
+                                    "text/plain",
+                                    b"forbidden".to_vec(),
+                                );
+                            }
+                            Ok((self.auth.bearer_auth_response(&verified), None))
+                        }
+                        Err(crate::provider::BearerRefusal::Invalid(_)) => {
+                            Err(ProxyError::InvalidToken)
+                        }
+                        Err(crate::provider::BearerRefusal::Unavailable(e)) => {
+                            Err(ProxyError::IdpUnavailable(e))
+                        }
+                    }
+                }
                 // nginx auth_request understands 2xx, 401 and 403 only:
                 // an expired session the IdP cannot refresh is "not signed in".
                 Decision::NeedsLogin | Decision::IdpUnavailable(_) => {
@@ -388,6 +420,35 @@ impl App {
                     }
                     drop(rules);
                     self.auth.inject(req.headers_mut(), &session, &tokens);
+                    self.proxy(conn, req, request_id).await
+                }
+                // An API client's own token (`[bearer]`): checked, never
+                // stored as a session; a bad one is 401, never a login.
+                Decision::NeedsLogin if self.auth.has_bearer(req.headers()) => {
+                    let verified = match self.auth.bearer(req.headers()).await {
+                        Ok(v) => v,
+                        Err(crate::provider::BearerRefusal::Invalid(_)) => {
+                            return Err(ProxyError::InvalidToken);
+                        }
+                        Err(crate::provider::BearerRefusal::Unavailable(e)) => {
+                            return Err(ProxyError::IdpUnavailable(e));
+                        }
+                    };
+                    let rules = self.rules.load();
+                    if !rules.authz.is_open() {
+                        let rule = rules.authz.rule_for(req.uri().path());
+                        let profile = &verified.profile;
+                        let checked =
+                            rules
+                                .authz
+                                .check(rule, None, &profile.authz, &profile.claims);
+                        if let Err(rule) = checked {
+                            self.metrics.authorization_denied(&rule);
+                            return Err(ProxyError::Forbidden);
+                        }
+                    }
+                    drop(rules);
+                    self.auth.inject_bearer(req.headers_mut(), &verified);
                     self.proxy(conn, req, request_id).await
                 }
                 Decision::NeedsLogin

@@ -130,9 +130,29 @@ pub fn prepare(config: &Config, metrics: Arc<Metrics>) -> Result<Prepared, Probl
         .map_err(|p| problems.push(p))
         .ok(),
     };
+    let bearer = match (&provider, config.bearer.enabled) {
+        (Ok(p), true) => {
+            match crate::provider::bearer_issuers(config, p.clone(), metrics.clone()) {
+                Ok(issuers) => Some(crate::auth::bearer::Bearer::new(
+                    config,
+                    issuers,
+                    metrics.clone(),
+                )),
+                Err(message) => {
+                    problems.push(Problem {
+                        key: "bearer.extra_issuers".into(),
+                        message,
+                        source: None,
+                    });
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     match (provider, store) {
         (Ok(provider), Some(store)) if problems.is_empty() => {
-            let auth = Arc::new(Auth::new(config, provider, store, metrics));
+            let auth = Arc::new(Auth::new(config, provider, store, bearer, metrics));
             Ok(Prepared {
                 tls,
                 auth,

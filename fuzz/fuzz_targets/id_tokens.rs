@@ -63,7 +63,8 @@ fn check(token: &str, keys: &KeySet) -> Option<Value> {
     let issuers = [ISSUER.to_string()];
     let expect = Expect {
         issuers: &issuers,
-        client_id: CLIENT,
+        audiences: &[CLIENT],
+        azp: Some(CLIENT),
         nonce: Some(NONCE),
         subject: None,
         leeway_secs: LEEWAY,

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use url::Url;
 
 use super::{
-    BoxFuture, Callback, Endpoint, IdpError, LoginRequest, Provider, TokenSet, call, endpoint,
-    token_set,
+    BearerRefusal, BoxFuture, Callback, Endpoint, IdpError, LoginRequest, Provider, TokenSet, call,
+    endpoint, token_set,
 };
 use crate::config::ProviderConfig;
 use crate::metrics::Metrics;
@@ -50,6 +50,29 @@ impl Emp {
 }
 
 impl Provider for Emp {
+    /// EMP's access tokens are opaque: the only check EMP offers is using
+    /// one, so a bearer token is accepted when `/profile` answers to it.
+    fn verify_bearer<'a>(
+        &'a self,
+        token: &'a str,
+        _audiences: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Value, BearerRefusal>> {
+        Box::pin(async move {
+            let Some(url) = &self.profile else {
+                return Err(BearerRefusal::Invalid(
+                    "EMP tokens can be checked only with provider.profile".into(),
+                ));
+            };
+            match self.profile_of(url, token).await {
+                Ok(claims) => Ok(claims),
+                Err(IdpError::Rejected { status, .. }) => Err(BearerRefusal::Invalid(format!(
+                    "the profile endpoint refused the token ({status})"
+                ))),
+                Err(e) => Err(BearerRefusal::Unavailable(std::sync::Arc::new(e))),
+            }
+        })
+    }
+
     fn authorize_url<'a>(
         &'a self,
         login: &'a LoginRequest,
@@ -115,14 +138,13 @@ impl Emp {
             // ThinQ Connect services have no profile endpoint.
             return Ok(Value::Object(Default::default()));
         };
-        let req = self.http.get(url.clone()).bearer_auth(&tokens.access_token);
-        let v = call(
-            &self.metrics,
-            Endpoint::Profile,
-            req,
-            &[&tokens.access_token],
-        )
-        .await?;
+        self.profile_of(url, &tokens.access_token).await
+    }
+
+    /// `GET {base}/profile` with the access token.
+    async fn profile_of(&self, url: &Url, access_token: &str) -> Result<Value, IdpError> {
+        let req = self.http.get(url.clone()).bearer_auth(access_token);
+        let v = call(&self.metrics, Endpoint::Profile, req, &[access_token]).await?;
         if v.is_object() {
             Ok(v)
         } else {

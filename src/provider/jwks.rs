@@ -134,7 +134,13 @@ pub fn header(token: &str, allowed: &[Algorithm]) -> Result<TokenHeader, IdToken
 pub struct Expect<'a> {
     /// `iss` must be one of these (one, unless discovery was unavailable).
     pub issuers: &'a [String],
-    pub client_id: &'a str,
+    /// `aud` must name one of these (id_token: the client id; bearer
+    /// tokens: `bearer.audiences`).
+    pub audiences: &'a [&'a str],
+    /// id_tokens: the party they must have been issued to (`azp`, required
+    /// with several audiences). `None` for access tokens, whose `azp` is
+    /// the calling client's.
+    pub azp: Option<&'a str>,
     /// At login: the nonce sent with the authorize request.
     pub nonce: Option<&'a str>,
     /// At refresh: the session's subject.
@@ -161,7 +167,7 @@ pub fn verify(
     }
     let mut v = Validation::new(header.alg);
     v.set_issuer(expect.issuers);
-    v.set_audience(&[expect.client_id]);
+    v.set_audience(expect.audiences);
     v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     v.validate_nbf = true;
     v.leeway = expect.leeway_secs;
@@ -190,13 +196,15 @@ pub fn verify(
         Some(Value::Array(a)) => a.len(),
         _ => 1,
     };
-    match claims.get("azp") {
-        Some(Value::String(azp)) if azp != expect.client_id => {
-            return Err(IdTokenFailure::AuthorizedParty);
+    if let Some(party) = expect.azp {
+        match claims.get("azp") {
+            Some(Value::String(azp)) if azp != party => {
+                return Err(IdTokenFailure::AuthorizedParty);
+            }
+            None if audiences > 1 => return Err(IdTokenFailure::AuthorizedParty),
+            Some(Value::String(_)) | None => {}
+            Some(_) => return Err(IdTokenFailure::Malformed),
         }
-        None if audiences > 1 => return Err(IdTokenFailure::AuthorizedParty),
-        Some(Value::String(_)) | None => {}
-        Some(_) => return Err(IdTokenFailure::Malformed),
     }
     if let Some(nonce) = expect.nonce
         && claims.get("nonce").and_then(Value::as_str) != Some(nonce)
@@ -266,7 +274,8 @@ mod tests {
             keys,
             &Expect {
                 issuers: &issuers,
-                client_id: "client",
+                audiences: &["client"],
+                azp: Some("client"),
                 nonce: Some("n1"),
                 subject: None,
                 leeway_secs: 30,

@@ -29,8 +29,8 @@ use url::Url;
 
 use super::jwks::{self, Expect, KeySet, TokenHeader};
 use super::{
-    BoxFuture, Callback, Endpoint, IdTokenFailure, IdpError, LoginRequest, Provider, TokenSet,
-    call, endpoint, token_set, wire,
+    BearerRefusal, BoxFuture, Callback, Endpoint, IdTokenFailure, IdpError, LoginRequest, Provider,
+    TokenSet, call, endpoint, token_set, wire,
 };
 use crate::config::{ProviderConfig, ProviderKind, Secret, TokenAuthMethod};
 use crate::metrics::Metrics;
@@ -336,7 +336,8 @@ impl Oidc {
         let keys = self.keys_for(meta, &header).await?;
         let expect = Expect {
             issuers: &meta.issuers,
-            client_id: &self.client_id,
+            audiences: &[&self.client_id],
+            azp: Some(&self.client_id),
             nonce,
             subject,
             leeway_secs: self.leeway.as_secs(),
@@ -430,6 +431,32 @@ impl Oidc {
 }
 
 impl Provider for Oidc {
+    fn verify_bearer<'a>(
+        &'a self,
+        token: &'a str,
+        audiences: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Value, BearerRefusal>> {
+        Box::pin(async move {
+            let unavailable = |e| BearerRefusal::Unavailable(Arc::new(e));
+            let invalid = |r: IdTokenFailure| BearerRefusal::Invalid(r.as_str().to_string());
+            let meta = self.metadata().await.map_err(unavailable)?;
+            let header = jwks::header(token, &meta.algorithms).map_err(invalid)?;
+            let keys = self.keys_for(&meta, &header).await.map_err(unavailable)?;
+            // An access token: for one of our audiences, from the issuer,
+            // in date; no nonce, and its azp is the calling client's.
+            let expect = Expect {
+                issuers: &meta.issuers,
+                audiences,
+                azp: None,
+                nonce: None,
+                subject: None,
+                leeway_secs: self.leeway.as_secs(),
+                now: jsonwebtoken::get_current_timestamp(),
+            };
+            jwks::verify(token, &header, &keys, &expect).map_err(invalid)
+        })
+    }
+
     fn end_session<'a>(
         &'a self,
         id_token: Option<&'a str>,
