@@ -227,3 +227,51 @@ async fn a_refresh_whose_id_token_drops_a_group_takes_access_away() {
     assert_eq!(info["groups"], json!(["staff"]));
     sc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_from_a_refresh_on_one_replica_take_access_away_on_the_other() {
+    // Two sidecars sharing a real redis-server; 4-second tokens.
+    let redis = support::redis::Redis::start();
+    let up = upstream::start(None).await;
+    let mut op = OpenIdProvider::start(0, std::time::Duration::from_secs(4));
+    let replica = |c: Conf| {
+        c.redis_store(&redis.url()).append(
+            "[[authorization.rules]]\npath = \"^/app/admin/\"\nallowed_groups = [\"admins\"]",
+        )
+    };
+    let a = Sidecar::start(&replica(conf(&up.url(), &op.issuer))).await;
+    // The callback and the login start are on `a`: its redirect_url.
+    let b = Sidecar::start(&replica(conf(&up.url(), &op.issuer).provider(&format!(
+        "redirect_url = \"http://{}/oauth2/callback\"",
+        a.addr
+    ))))
+    .await;
+    let browser = logged_in(&a).await;
+    for sc in [&a, &b] {
+        assert_eq!(browser.api(&sc.url("/app/admin/x")).await.status(), 200);
+    }
+    op.set_claims(&json!({"groups": ["staff"]}));
+    // Only `a` is used until it has refreshed...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while browser.api(&a.url("/app/admin/x")).await.status() != 403 {
+        assert!(std::time::Instant::now() < deadline, "a never refreshed");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // ...and `b`, which has the session cached from before, follows (the
+    // change message drops its copy; at most its 10 s re-check otherwise).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    loop {
+        let status = browser.api(&b.url("/app/admin/x")).await.status();
+        if status == 403 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b still admits after 12 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
