@@ -26,6 +26,7 @@ use crate::metrics::{ClientErrorKind, Metrics, RouteClass};
 use crate::path;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::{ClientInfo, Upstream};
+use crate::session::Profile;
 
 /// Which socket a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,14 @@ pub struct App {
     /// Background work that outlives a request (upgraded connections); the
     /// drain waits for it.
     pub tasks: TaskTracker,
+}
+
+/// What a request is checked against (`App::allowed`).
+enum Check<'a> {
+    /// A proxied request: the rule for its canonical path.
+    Path(&'a str),
+    /// `/oauth2/auth`: the top-level lists and its query's rule.
+    AuthRequest(&'a http::Uri),
 }
 
 /// Where a request goes.
@@ -336,24 +345,8 @@ impl App {
             Route::AuthRequest | Route::Userinfo => match self.auth.decide(req.headers()).await {
                 Decision::Authenticated { session, tokens } => {
                     let resp = if route == Route::AuthRequest {
-                        // The top-level lists, and the rule this nginx
-                        // location asks for in the query.
-                        let rules = self.rules.load();
-                        let also = req.uri().query().and_then(Policy::query_rule);
-                        let profile = session.profile();
-                        let checked = rules.authz.check(
-                            rules.authz.default_rule(),
-                            also.as_ref(),
-                            &profile.authz,
-                            &profile.claims,
-                        );
-                        if let Err(rule) = checked {
-                            self.metrics.authorization_denied(&rule);
-                            return local(
-                                StatusCode::FORBIDDEN,
-                                "text/plain",
-                                b"forbidden".to_vec(),
-                            );
+                        if !self.allowed(&session.profile(), Check::AuthRequest(req.uri())) {
+                            return Err(ProxyError::Forbidden);
                         }
                         self.auth.auth_request_response(&session, &tokens)
                     } else {
@@ -367,21 +360,8 @@ impl App {
                 {
                     match self.auth.bearer(req.headers()).await {
                         Ok(verified) => {
-                            let rules = self.rules.load();
-                            let also = req.uri().query().and_then(Policy::query_rule);
-                            let checked = rules.authz.check(
-                                rules.authz.default_rule(),
-                                also.as_ref(),
-                                &verified.profile.authz,
-                                &verified.profile.claims,
-                            );
-                            if let Err(rule) = checked {
-                                self.metrics.authorization_denied(&rule);
-                                return local(
-                                    StatusCode::FORBIDDEN,
-                                    "text/plain",
-                                    b"forbidden".to_vec(),
-                                );
+                            if !self.allowed(&verified.profile, Check::AuthRequest(req.uri())) {
+                                return Err(ProxyError::Forbidden);
                             }
                             Ok((self.auth.bearer_auth_response(&verified), None))
                         }
@@ -404,21 +384,10 @@ impl App {
             },
             Route::Protected => match self.auth.decide(req.headers()).await {
                 Decision::Authenticated { session, tokens } => {
-                    let rules = self.rules.load();
-                    if !rules.authz.is_open() {
-                        let rule = rules.authz.rule_for(req.uri().path());
-                        let profile = session.profile();
-                        let checked =
-                            rules
-                                .authz
-                                .check(rule, None, &profile.authz, &profile.claims);
-                        if let Err(rule) = checked {
-                            self.metrics.authorization_denied(&rule);
-                            let rid = request_id.to_str().unwrap_or_default();
-                            return Ok((self.auth.forbidden(&req, &session, rid), None));
-                        }
+                    if !self.allowed(&session.profile(), Check::Path(req.uri().path())) {
+                        let rid = request_id.to_str().unwrap_or_default();
+                        return Ok((self.auth.forbidden(&req, &session, rid), None));
                     }
-                    drop(rules);
                     self.auth.inject(req.headers_mut(), &session, &tokens);
                     self.proxy(conn, req, request_id).await
                 }
@@ -434,20 +403,9 @@ impl App {
                             return Err(ProxyError::IdpUnavailable(e));
                         }
                     };
-                    let rules = self.rules.load();
-                    if !rules.authz.is_open() {
-                        let rule = rules.authz.rule_for(req.uri().path());
-                        let profile = &verified.profile;
-                        let checked =
-                            rules
-                                .authz
-                                .check(rule, None, &profile.authz, &profile.claims);
-                        if let Err(rule) = checked {
-                            self.metrics.authorization_denied(&rule);
-                            return Err(ProxyError::Forbidden);
-                        }
+                    if !self.allowed(&verified.profile, Check::Path(req.uri().path())) {
+                        return Err(ProxyError::Forbidden);
                     }
-                    drop(rules);
                     self.auth.inject_bearer(req.headers_mut(), &verified);
                     self.proxy(conn, req, request_id).await
                 }
@@ -464,6 +422,37 @@ impl App {
                 Decision::StoreUnavailable(e) => Err(ProxyError::StoreUnavailable(e)),
             },
             Route::Public => self.proxy(conn, req, request_id).await,
+        }
+    }
+
+    /// Whether `[authorization]` lets this user in; a refusal is counted
+    /// by rule.
+    fn allowed(&self, profile: &Profile, check: Check<'_>) -> bool {
+        let rules = self.rules.load();
+        let authz = &rules.authz;
+        let checked = match check {
+            Check::Path(_) if authz.is_open() => return true,
+            Check::Path(path) => {
+                authz.check(authz.rule_for(path), None, &profile.authz, &profile.claims)
+            }
+            // The top-level lists, and the rule the nginx location asks
+            // for in the query.
+            Check::AuthRequest(uri) => {
+                let also = uri.query().and_then(Policy::query_rule);
+                authz.check(
+                    authz.default_rule(),
+                    also.as_ref(),
+                    &profile.authz,
+                    &profile.claims,
+                )
+            }
+        };
+        match checked {
+            Ok(()) => true,
+            Err(rule) => {
+                self.metrics.authorization_denied(&rule);
+                false
+            }
         }
     }
 

@@ -12,13 +12,7 @@ use support::browser::Browser;
 use support::openid::OpenIdProvider;
 use support::{Conf, Sidecar, metric, upstream};
 
-fn conf(up: &str, issuer: &str) -> Conf {
-    Conf::new(up)
-        .provider("kind = \"oidc\"")
-        .provider(&format!("base_url = {issuer:?}"))
-        .provider("client_id = \"sidecar-client\"")
-        .provider("client_secret = \"s3cret\"")
-}
+use support::openid::sidecar_conf as conf;
 
 /// Logs a browser in through the provider, starting at `/app/start`.
 async fn logged_in(sc: &Sidecar) -> Browser {

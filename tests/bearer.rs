@@ -17,11 +17,7 @@ use support::openid::OpenIdProvider;
 use support::{Conf, Sidecar, http_client, metric, seen, upstream};
 
 fn conf(up: &str, issuer: &str) -> Conf {
-    Conf::new(up)
-        .provider("kind = \"oidc\"")
-        .provider(&format!("base_url = {issuer:?}"))
-        .provider("client_id = \"sidecar-client\"")
-        .provider("client_secret = \"s3cret\"")
+    support::openid::sidecar_conf(up, issuer)
         .claim("\"X-Auth-Request-User\" = \"/sub\"")
         .append("[bearer]\nenabled = true")
 }

@@ -61,3 +61,13 @@ impl OpenIdProvider {
             .to_string()
     }
 }
+
+/// A sidecar configuration logging in with `issuer` (client
+/// `sidecar-client`) in front of `upstream`.
+pub fn sidecar_conf(upstream: &str, issuer: &str) -> super::Conf {
+    super::Conf::new(upstream)
+        .provider("kind = \"oidc\"")
+        .provider(&format!("base_url = {issuer:?}"))
+        .provider("client_id = \"sidecar-client\"")
+        .provider("client_secret = \"s3cret\"")
+}
