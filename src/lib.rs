@@ -4,8 +4,9 @@
 //! The path of a request, one stage per module:
 //!
 //! - [`server`]: listeners, TLS, HTTP/1.1 + HTTP/2 connections, idle and
-//!   header timeouts, graceful drain. Handed its listeners and a shutdown
-//!   future, so tests run it in-process on port 0.
+//!   header timeouts, graceful drain, quiet HTTP/1 connections parked
+//!   without buffers, `SIGHUP` reloads. Handed its listeners and a
+//!   shutdown future, so tests run it in-process on port 0.
 //! - [`router`]: request id, size limit, route choice (`/ping`, `/ready`,
 //!   `/metrics`, `/oauth2/*`, skip-auth proxy, authenticated proxy) and the
 //!   one place errors become responses.
@@ -17,7 +18,9 @@
 //!   being read) and the watchdog that closes idle or slow connections.
 //! - [`body`]: the response body type and the per-request record that writes
 //!   the access log and metrics when the body is done.
-//! - [`auth`]: the login flow and the one authentication decision;
+//! - [`authz`]: who may enter once logged in (`[authorization]`).
+//! - [`auth`]: the login flow and the one authentication decision
+//!   ([`auth::bearer`]: API clients' own tokens);
 //!   [`token_cache`] refreshes tokens ahead of expiry; [`session`] holds
 //!   sessions and signs their cookies.
 //! - [`provider`]: the identity-provider interface, with [`provider::emp`]
