@@ -43,7 +43,7 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Installs the hand-written JSON line, writing to `out` (a duplicate of
 /// stdout). `telemetry::init` calls it for the JSON format. Left
 /// uninstalled, or while [`set_enabled`] says the filter drops access
-/// lines, [`write`] reports `false` and the caller logs through tracing
+/// lines, [`write()`] reports `false` and the caller logs through tracing
 /// (which then drops the line, or formats it itself).
 pub fn install(out: Option<File>) {
     let _ = OUT.set(out);

@@ -36,7 +36,7 @@ pub struct Rule {
     domains: Vec<String>,
     emails: Vec<String>,
     groups: Vec<String>,
-    /// Index into [`Policy::pointers`] → allowed values.
+    /// Index into the policy's claim pointers → allowed values.
     claims: Vec<(usize, Vec<String>)>,
 }
 
@@ -99,7 +99,7 @@ pub struct Facts {
     /// Lower case; `None` when absent or not verified.
     pub email: Option<String>,
     pub groups: Vec<String>,
-    /// One list per [`Policy::pointers`] entry (arrays give several values).
+    /// One list per claim pointer the rules use (arrays give several values).
     pub claims: Vec<Vec<String>>,
 }
 

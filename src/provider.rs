@@ -348,7 +348,7 @@ pub mod fuzzing {
     pub use super::jwks::{ACCEPTED, Expect, KeySet, TokenHeader, header, verify};
     pub use super::wire::MAX_MESSAGE;
 
-    /// A successful token answer as [`super::call`] hands it on: JSON, then
+    /// A successful token answer as `call` hands it on: JSON, then
     /// the token set (EMP and OpenID alike).
     pub fn token_answer(body: &[u8]) -> Result<super::TokenSet, String> {
         let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
