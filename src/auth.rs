@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::body::{self, Body};
 use crate::config::Config;
-use crate::metrics::{LoginResult, Metrics};
+use crate::metrics::{BackchannelResult, LoginResult, Metrics};
 use crate::provider::{Callback, IdpError, LoginRequest, Provider};
 use crate::proxy::headers::X_FORWARDED_ACCESS_TOKEN;
 use crate::session::cookie::{Cookies, LOGIN_COOKIE_TTL, MAX_LOGIN_COOKIES};
@@ -565,6 +565,96 @@ impl Auth {
             resp.headers_mut().append(header::SET_COOKIE, drop);
         }
         resp
+    }
+
+    /// `POST /oauth2/backchannel_logout` (OpenID Connect Back-Channel
+    /// Logout 1.0): a verified, unused logout token ends the sessions of
+    /// its `sid` (or, without one, of its `sub`) on every replica. `200`
+    /// when done; `400` for a missing, invalid or replayed token; `503`
+    /// when the provider's keys or the store cannot be reached.
+    pub async fn backchannel_logout(&self, body: bytes::Bytes) -> Response<Body> {
+        let answer = |status: StatusCode, description: &str| {
+            let mut resp = if status == StatusCode::OK {
+                Response::new(body::empty())
+            } else {
+                let json = serde_json::json!({
+                    "error": if status == StatusCode::BAD_REQUEST { "invalid_request" } else { "temporarily_unavailable" },
+                    "error_description": description,
+                });
+                body::response(status, "application/json", json.to_string())
+            };
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        };
+        let Some(token) = url::form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "logout_token")
+            .map(|(_, v)| v.into_owned())
+        else {
+            self.metrics.backchannel(BackchannelResult::Invalid);
+            return answer(StatusCode::BAD_REQUEST, "no logout_token");
+        };
+        let logout = match self.provider.verify_logout_token(&token).await {
+            Ok(t) => t,
+            Err(crate::provider::BearerRefusal::Invalid(why)) => {
+                tracing::warn!(reason = %why, "back-channel logout token refused");
+                self.metrics.backchannel(BackchannelResult::Invalid);
+                return answer(StatusCode::BAD_REQUEST, &why);
+            }
+            Err(crate::provider::BearerRefusal::Unavailable(e)) => {
+                tracing::warn!(error = %crate::error::chain(&*e), "cannot check a back-channel logout token");
+                self.metrics.backchannel(BackchannelResult::Unavailable);
+                return answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot reach the provider's keys",
+                );
+            }
+        };
+        // Each token once (its jti), on every replica, as long as it is valid.
+        let now = jsonwebtoken::get_current_timestamp();
+        let keep = std::time::Duration::from_secs(logout.exp.saturating_sub(now).clamp(60, 86_400));
+        match self
+            .store
+            .consume_state(&format!("logout-jti:{}", logout.jti), keep)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                self.metrics.backchannel(BackchannelResult::Replayed);
+                return answer(
+                    StatusCode::BAD_REQUEST,
+                    "this logout token was used already",
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record a logout token");
+                self.metrics.backchannel(BackchannelResult::Unavailable);
+                return answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the session store is unavailable",
+                );
+            }
+        }
+        let name = match (&logout.sid, &logout.sub) {
+            (Some(sid), _) => crate::session::logout_name("sid", sid),
+            (None, Some(sub)) => crate::session::logout_name("sub", sub),
+            (None, None) => return answer(StatusCode::BAD_REQUEST, "neither sid nor sub"),
+        };
+        match self.store.end_sessions_of(&name).await {
+            Ok(ended) => {
+                tracing::info!(ended, by_sid = logout.sid.is_some(), "back-channel logout");
+                self.metrics.backchannel(BackchannelResult::Accepted);
+                answer(StatusCode::OK, "")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot end sessions for a back-channel logout");
+                self.metrics.backchannel(BackchannelResult::Unavailable);
+                answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the session store is unavailable",
+                )
+            }
+        }
     }
 
     /// Sessions held now; read at each scrape for `emp_sidecar_sessions_active`.

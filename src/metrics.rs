@@ -422,6 +422,32 @@ impl RefreshResult {
     }
 }
 
+/// What became of a back-channel logout request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackchannelResult {
+    Accepted,
+    Invalid,
+    Replayed,
+    Unavailable,
+}
+
+impl BackchannelResult {
+    pub const ALL: [BackchannelResult; 4] = [
+        BackchannelResult::Accepted,
+        BackchannelResult::Invalid,
+        BackchannelResult::Replayed,
+        BackchannelResult::Unavailable,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackchannelResult::Accepted => "accepted",
+            BackchannelResult::Invalid => "invalid",
+            BackchannelResult::Replayed => "replayed",
+            BackchannelResult::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// What became of a bearer token (`emp_sidecar_bearer_tokens_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BearerResult {
@@ -475,6 +501,8 @@ pub struct Metrics {
     pub connections_high: std::sync::atomic::AtomicI64,
     connection_limits: IntCounter,
     bearer: Vec<IntCounter>,
+    /// Back-channel logout requests: accepted, invalid, replayed, unavailable.
+    backchannel: [IntCounter; 4],
     /// `SIGHUP` reloads: applied, failed.
     config_reloads: [IntCounter; 2],
     /// Requests refused by the authorization rules, by rule (labels from
@@ -578,6 +606,13 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let backchannel_vec = IntCounterVec::new(
+            Opts::new(
+                "emp_sidecar_backchannel_logouts_total",
+                "Back-channel logout requests from the provider, by result",
+            ),
+            &["result"],
+        )?;
         let bearer_vec = IntCounterVec::new(
             Opts::new(
                 "emp_sidecar_bearer_tokens_total",
@@ -651,6 +686,7 @@ impl Metrics {
         registry.register(Box::new(reloads_vec.clone()))?;
         registry.register(Box::new(authorization_denied.clone()))?;
         registry.register(Box::new(bearer_vec.clone()))?;
+        registry.register(Box::new(backchannel_vec.clone()))?;
         // Shown from the start, before any refusal.
         authorization_denied.with_label_values(&["default"]);
 
@@ -726,6 +762,8 @@ impl Metrics {
             connection_limits,
             config_reloads: ["applied", "failed"].map(|r| reloads_vec.with_label_values(&[r])),
             authorization_denied,
+            backchannel: BackchannelResult::ALL
+                .map(|r| backchannel_vec.with_label_values(&[r.as_str()])),
             bearer: BearerResult::ALL
                 .iter()
                 .map(|r| bearer_vec.with_label_values(&[r.as_str()]))
@@ -757,6 +795,10 @@ impl Metrics {
         if main {
             self.connection_limits.inc();
         }
+    }
+
+    pub fn backchannel(&self, result: BackchannelResult) {
+        self.backchannel[result as usize].inc();
     }
 
     pub fn bearer(&self, result: BearerResult) {

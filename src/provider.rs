@@ -202,6 +202,19 @@ pub trait Provider: Send + Sync {
             ))
         })
     }
+    /// Checks a back-channel logout token (OpenID Connect Back-Channel
+    /// Logout 1.0, 2.6). Providers that cannot send one (EMP) refuse all.
+    fn verify_logout_token<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<LogoutToken, BearerRefusal>> {
+        let _ = token;
+        Box::pin(async {
+            Err(BearerRefusal::Invalid(
+                "this provider sends no logout tokens".into(),
+            ))
+        })
+    }
     /// Where to send the browser after a local sign-out to end its session
     /// at the provider too (RP-Initiated Logout), coming back to
     /// `post_logout` (absolute); `None` when the provider announces no
@@ -220,6 +233,19 @@ pub trait Provider: Send + Sync {
         let _ = secret;
         Ok(())
     }
+}
+
+/// A verified back-channel logout token: whose sessions end.
+#[derive(Debug, Clone)]
+pub struct LogoutToken {
+    /// The provider's session: when given, only its sessions end.
+    pub sid: Option<String>,
+    /// The user: without `sid`, all of their sessions end.
+    pub sub: Option<String>,
+    /// Used once only.
+    pub jti: String,
+    /// Unix seconds; the `jti` is remembered until then.
+    pub exp: u64,
 }
 
 /// Why a bearer token was not accepted.

@@ -100,6 +100,8 @@ enum Route {
     Callback,
     /// `/oauth2/sign_out`.
     SignOut,
+    /// `/oauth2/backchannel_logout`.
+    BackchannelLogout,
     /// Any other `/oauth2/` path.
     OAuth2Other,
     /// A `routes.skip_auth` path: proxied without a session.
@@ -120,6 +122,7 @@ impl Route {
             | Route::Start
             | Route::Callback
             | Route::SignOut
+            | Route::BackchannelLogout
             | Route::OAuth2Other => RouteClass::OAuth2,
             Route::Public => RouteClass::Public,
             Route::Protected => RouteClass::Proxy,
@@ -165,6 +168,7 @@ impl App {
             (Listener::Main, "/oauth2/userinfo") => Route::Userinfo,
             (Listener::Main, "/oauth2/start") => Route::Start,
             (Listener::Main, "/oauth2/sign_out") => Route::SignOut,
+            (Listener::Main, "/oauth2/backchannel_logout") => Route::BackchannelLogout,
             (Listener::Main, p) if p.starts_with("/oauth2/") => Route::OAuth2Other,
             // Public only when every reading of the path is: a `;`
             // parameter or an escaped `?` cannot widen a rule.
@@ -341,6 +345,29 @@ impl App {
                     Box::pin(self.auth.sign_out(req.headers(), rd.as_deref())).await,
                     None,
                 ))
+            }
+            Route::BackchannelLogout => {
+                if req.method() != http::Method::POST {
+                    return local(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "text/plain",
+                        b"POST a logout_token".to_vec(),
+                    );
+                }
+                let body = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+                let read = tokio::time::timeout(
+                    self.config.server.body_read_timeout,
+                    http_body_util::BodyExt::collect(body),
+                )
+                .await;
+                let Ok(Ok(body)) = read else {
+                    return Err(ProxyError::BadRequest(
+                        ClientErrorKind::Request,
+                        "the logout request body is unreadable or larger than 64 KiB",
+                    ));
+                };
+                let logout = self.auth.backchannel_logout(body.to_bytes());
+                Ok((Box::pin(logout).await, None))
             }
             Route::AuthRequest | Route::Userinfo => match self.auth.decide(req.headers()).await {
                 Decision::Authenticated { session, tokens } => {

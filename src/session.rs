@@ -237,6 +237,8 @@ pub struct Profile {
     pub claims: Box<str>,
     /// The claims' `sub`: a refreshed id_token must name the same.
     pub subject: Option<Box<str>>,
+    /// The provider's session id (`sid`), for back-channel logout.
+    pub sid: Option<Box<str>>,
     pub identity: Identity,
     /// What the authorization rules look at, read from `claims` once.
     pub authz: arc_swap::ArcSwapOption<crate::authz::Facts>,
@@ -248,6 +250,10 @@ impl Profile {
             claims: claims.to_string().into_boxed_str(),
             subject: claims
                 .get("sub")
+                .and_then(serde_json::Value::as_str)
+                .map(Into::into),
+            sid: claims
+                .get("sid")
                 .and_then(serde_json::Value::as_str)
                 .map(Into::into),
             identity,
@@ -295,6 +301,15 @@ impl Session {
 
     pub fn tokens(&self) -> Arc<Tokens> {
         lock(&self.tokens).clone()
+    }
+
+    /// The names a back-channel logout finds this session by
+    /// ([`logout_name`] of its `sid` and of its `sub`).
+    pub fn logout_names(&self) -> Vec<String> {
+        let p = self.profile();
+        let sid = p.sid.as_deref().map(|s| logout_name("sid", s));
+        let sub = p.subject.as_deref().map(|s| logout_name("sub", s));
+        sid.into_iter().chain(sub).collect()
     }
 
     /// The user's claims and identity as they are now.
@@ -352,6 +367,9 @@ pub trait SessionStore: Send + Sync {
         state: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Ends every session indexed under `name` ([`logout_name`]), on every
+    /// replica; how many there were. Sessions are indexed when inserted.
+    fn end_sessions_of<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<usize, StoreError>>;
     /// Before a refresh: whether this replica refreshes (it then holds
     /// the session's refresh lease until the guard drops) or another
     /// replica already did (the session now holds its tokens).
@@ -430,6 +448,12 @@ impl LeaseGuard {
 
 /// What a consumed `state` is remembered by: its hash, so that no store
 /// holds a state that is still valid somewhere in readable form.
+/// The index name of a `sid` or `sub` (`kind`) for back-channel logout:
+/// a hash, so no store holds the identifier readably.
+pub fn logout_name(kind: &str, value: &str) -> String {
+    state_digest(&format!("{kind}:{value}"))
+}
+
 pub fn state_digest(state: &str) -> String {
     use sha2::Digest as _;
     URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(state.as_bytes()))

@@ -253,8 +253,15 @@ async fn redis_holds_nothing_readable_and_a_corrupt_record_is_no_session() {
     );
 
     // Nothing in any key or value reads as a token, a state, a claim.
+    // The session, the consumed state, and the back-channel logout index
+    // of its sub (a hash of it, holding the store key).
     let dump = redis.dump();
-    assert_eq!(dump.len(), 2, "{dump:?}");
+    assert_eq!(dump.len(), 3, "{dump:?}");
+    let index = dump
+        .iter()
+        .find(|(k, _)| k.starts_with("emp-sidecar:who:"))
+        .expect("a logout index");
+    assert!(String::from_utf8_lossy(&index.1).contains(key.store_key()));
     for (k, v) in &dump {
         let text = format!("{k} {}", String::from_utf8_lossy(v));
         for secret in [

@@ -67,6 +67,7 @@ fn check(token: &str, keys: &KeySet) -> Option<Value> {
         azp: Some(CLIENT),
         nonce: Some(NONCE),
         subject: None,
+        require_sub: true,
         leeway_secs: LEEWAY,
         now: NOW,
     };

@@ -145,6 +145,8 @@ pub struct Expect<'a> {
     pub nonce: Option<&'a str>,
     /// At refresh: the session's subject.
     pub subject: Option<&'a str>,
+    /// `sub` must be there (a logout token may name only a `sid`).
+    pub require_sub: bool,
     pub leeway_secs: u64,
     /// Seconds since the Unix epoch.
     pub now: u64,
@@ -168,7 +170,11 @@ pub fn verify(
     let mut v = Validation::new(header.alg);
     v.set_issuer(expect.issuers);
     v.set_audience(expect.audiences);
-    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    if expect.require_sub {
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    } else {
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    }
     v.validate_nbf = true;
     v.leeway = expect.leeway_secs;
     let claims = jsonwebtoken::decode::<Value>(token, &key.key, &v)
@@ -184,10 +190,10 @@ pub fn verify(
     if iat > expect.now.saturating_add(expect.leeway_secs) {
         return Err(IdTokenFailure::NotYetValid);
     }
-    if claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
+    // When there, `sub` is a non-empty string.
+    let sub = claims.get("sub");
+    if (expect.require_sub || sub.is_some())
+        && sub.and_then(Value::as_str).is_none_or(str::is_empty)
     {
         return Err(IdTokenFailure::Malformed);
     }
@@ -278,6 +284,7 @@ mod tests {
                 azp: Some("client"),
                 nonce: Some("n1"),
                 subject: None,
+                require_sub: true,
                 leeway_secs: 30,
                 now: jsonwebtoken::get_current_timestamp(),
             },

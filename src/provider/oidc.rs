@@ -29,8 +29,8 @@ use url::Url;
 
 use super::jwks::{self, Expect, KeySet, TokenHeader};
 use super::{
-    BearerRefusal, BoxFuture, Callback, Endpoint, IdTokenFailure, IdpError, LoginRequest, Provider,
-    TokenSet, call, endpoint, token_set, wire,
+    BearerRefusal, BoxFuture, Callback, Endpoint, IdTokenFailure, IdpError, LoginRequest,
+    LogoutToken, Provider, TokenSet, call, endpoint, token_set, wire,
 };
 use crate::config::{ProviderConfig, ProviderKind, Secret, TokenAuthMethod};
 use crate::metrics::Metrics;
@@ -340,6 +340,7 @@ impl Oidc {
             azp: Some(&self.client_id),
             nonce,
             subject,
+            require_sub: true,
             leeway_secs: self.leeway.as_secs(),
             now: jsonwebtoken::get_current_timestamp(),
         };
@@ -430,7 +431,58 @@ impl Oidc {
     }
 }
 
+/// The `events` member a logout token must carry.
+const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
 impl Provider for Oidc {
+    fn verify_logout_token<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<LogoutToken, BearerRefusal>> {
+        Box::pin(async move {
+            let unavailable = |e| BearerRefusal::Unavailable(Arc::new(e));
+            let invalid = |why: &str| BearerRefusal::Invalid(why.to_string());
+            let meta = self.metadata().await.map_err(unavailable)?;
+            let header = jwks::header(token, &meta.algorithms).map_err(|r| invalid(r.as_str()))?;
+            let keys = self.keys_for(&meta, &header).await.map_err(unavailable)?;
+            let expect = Expect {
+                issuers: &meta.issuers,
+                audiences: &[&self.client_id],
+                azp: None,
+                nonce: None,
+                subject: None,
+                require_sub: false,
+                leeway_secs: self.leeway.as_secs(),
+                now: jsonwebtoken::get_current_timestamp(),
+            };
+            let claims =
+                jwks::verify(token, &header, &keys, &expect).map_err(|r| invalid(r.as_str()))?;
+            // Back-Channel Logout 1.0, 2.6: an event, no nonce (it could
+            // pass for an id_token otherwise), a sid or a sub, a jti.
+            if claims.get("nonce").is_some() {
+                return Err(invalid("a logout token carries no nonce"));
+            }
+            if !claims
+                .get("events")
+                .and_then(|e| e.get(BACKCHANNEL_LOGOUT_EVENT))
+                .is_some_and(Value::is_object)
+            {
+                return Err(invalid("no back-channel logout event"));
+            }
+            let sid = wire::string(&claims, "sid");
+            let sub = wire::string(&claims, "sub");
+            if sid.is_none() && sub.is_none() {
+                return Err(invalid("neither sid nor sub"));
+            }
+            let jti = wire::string(&claims, "jti").ok_or_else(|| invalid("no jti"))?;
+            let exp = claims
+                .get("exp")
+                .and_then(Value::as_u64)
+                .unwrap_or_default();
+            Ok(LogoutToken { sid, sub, jti, exp })
+        })
+    }
+
     fn verify_bearer<'a>(
         &'a self,
         token: &'a str,
@@ -450,6 +502,7 @@ impl Provider for Oidc {
                 azp: None,
                 nonce: None,
                 subject: None,
+                require_sub: true,
                 leeway_secs: self.leeway.as_secs(),
                 now: jsonwebtoken::get_current_timestamp(),
             };

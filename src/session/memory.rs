@@ -18,6 +18,9 @@ const MAX_CONSUMED_STATES: u64 = 100_000;
 pub struct MemoryStore {
     cache: Cache<Box<str>, Arc<Session>>,
     consumed: Cache<String, ()>,
+    /// Back-channel logout: a `sid` or `sub` name → the store keys of its
+    /// sessions (bounded and aging like the sessions).
+    index: Cache<String, Arc<std::sync::Mutex<Vec<Box<str>>>>>,
 }
 
 impl MemoryStore {
@@ -31,6 +34,10 @@ impl MemoryStore {
             consumed: Cache::builder()
                 .max_capacity(MAX_CONSUMED_STATES)
                 .time_to_live(LOGIN_COOKIE_TTL)
+                .build(),
+            index: Cache::builder()
+                .max_capacity(max_sessions)
+                .time_to_live(lifetime)
                 .build(),
         }
     }
@@ -53,6 +60,15 @@ impl SessionStore for MemoryStore {
         key: &'a SessionKey,
         session: Arc<Session>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
+        for name in session.logout_names() {
+            let keys = self.index.get_with(name, Default::default);
+            let mut keys = keys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Sessions that ended on their own are dropped as new ones come.
+            keys.retain(|k| self.cache.contains_key(k.as_ref()));
+            keys.push(key.store_key().into());
+        }
         self.cache.insert(key.store_key().into(), session);
         ready(())
     }
@@ -69,6 +85,23 @@ impl SessionStore for MemoryStore {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         let entry = self.consumed.entry(state_digest(state)).or_insert(());
         ready(entry.is_fresh())
+    }
+
+    fn end_sessions_of<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<usize, StoreError>> {
+        let keys = self
+            .index
+            .remove(name)
+            .map(|k| {
+                std::mem::take(&mut *k.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+            })
+            .unwrap_or_default();
+        let mut ended = 0;
+        for k in keys {
+            if self.cache.remove(k.as_ref()).is_some() {
+                ended += 1;
+            }
+        }
+        ready(ended)
     }
 
     fn count(&self) -> u64 {

@@ -56,6 +56,21 @@ redis.call('HSET', KEYS[1], 'g', ARGV[1], 'd', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1";
 
+/// Adds a session's store key to a back-channel logout index (a set under
+/// a hash of the `sid` or `sub`), which lives as long as its newest session.
+const INDEX: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1";
+
+/// Takes a back-channel logout index: its store keys, and the set gone.
+const TAKE_INDEX: &str = r"
+local keys = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return keys";
+
 /// Replaces a record only at the generation it was read at (compare and
 /// set): a replica that lost its lease cannot overwrite a newer record.
 /// The TTL is left as it is. The new generation is also noted under the
@@ -296,7 +311,16 @@ impl RedisStore {
     }
 
     fn session_key(&self, key: &SessionKey) -> String {
-        format!("{}{{{}}}:s", self.prefix, key.store_key())
+        self.session_key_of(key.store_key())
+    }
+
+    fn session_key_of(&self, store_key: &str) -> String {
+        format!("{}{{{store_key}}}:s", self.prefix)
+    }
+
+    /// The back-channel logout index of a `sid` or `sub` name.
+    fn index_key(&self, name: &str) -> String {
+        format!("{}who:{name}", self.prefix)
     }
 
     fn lease_key(&self, key: &SessionKey) -> String {
@@ -449,10 +473,14 @@ impl RedisStore {
 
     /// Tells the other replicas to drop their copy of this session.
     async fn publish(&self, key: &SessionKey) {
+        self.publish_store_key(key.store_key()).await
+    }
+
+    async fn publish_store_key(&self, store_key: &str) {
         let sent: Result<i64, StoreError> = self
             .timed(
                 StoreOp::Publish,
-                self.client.publish(&self.channel, key.store_key()),
+                self.client.publish(&self.channel, store_key),
             )
             .await;
         if let Err(e) = sent {
@@ -569,6 +597,16 @@ impl SessionStore for RedisStore {
                     self.client.eval(INSERT, vec![self.session_key(key)], args),
                 )
                 .await?;
+            for name in session.logout_names() {
+                let args: Vec<fred::types::Value> =
+                    vec![key.store_key().into(), ttl.to_string().into()];
+                let _: i64 = self
+                    .timed(
+                        StoreOp::Insert,
+                        self.client.eval(INDEX, vec![self.index_key(&name)], args),
+                    )
+                    .await?;
+            }
             self.local.insert(
                 key.store_key().into(),
                 Arc::new(Cached {
@@ -588,6 +626,31 @@ impl SessionStore for RedisStore {
                 .await?;
             self.publish(key).await;
             Ok(())
+        })
+    }
+
+    fn end_sessions_of<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let no_args: Vec<fred::types::Value> = Vec::new();
+            let keys: Vec<String> = self
+                .timed(
+                    StoreOp::Remove,
+                    self.client
+                        .eval(TAKE_INDEX, vec![self.index_key(name)], no_args),
+                )
+                .await?;
+            let mut ended = 0;
+            for sk in keys {
+                // Each session in its own slot: one DEL each, then the
+                // message that drops every replica's copy.
+                self.local.invalidate(sk.as_str());
+                let removed: i64 = self
+                    .timed(StoreOp::Remove, self.client.del(self.session_key_of(&sk)))
+                    .await?;
+                ended += usize::from(removed > 0);
+                self.publish_store_key(&sk).await;
+            }
+            Ok(ended)
         })
     }
 

@@ -9,7 +9,9 @@
 //           everything from now on with it (the old key stays published,
 //           as providers do during a rotation);
 //           "claims {json}": these claims go into every token from now on
-//           (over the defaults below); answered {"event":"claims"}.
+//           (over the defaults below); answered {"event":"claims"};
+//           "logout {json}": a back-channel logout token with these claims,
+//           answered {"event":"logout_token","token":...}.
 // The signing key is chosen by kid through the library's own buildToken
 // option; everything else is oauth2-mock-server as published.
 
@@ -66,6 +68,18 @@ emit({ event: 'listening', issuer: server.issuer.url });
 
 readline.createInterface({ input: process.stdin }).on('line', async (line) => {
   const [cmd, alg] = line.trim().split(/\s+/);
+  if (cmd === 'logout') {
+    // A back-channel logout token signed with the current key: these
+    // claims over iss, iat, exp, nbf (a null removes one).
+    const claims = JSON.parse(line.trim().slice('logout'.length));
+    const token = await server.issuer.buildToken({
+      scopesOrTransform: (header, payload) => {
+        Object.assign(payload, claims);
+        for (const k of Object.keys(payload)) if (payload[k] === null) delete payload[k];
+      },
+    });
+    emit({ event: 'logout_token', token });
+  }
   if (cmd === 'claims') {
     extraClaims = JSON.parse(line.trim().slice('claims'.length));
     emit({ event: 'claims' });

@@ -49,6 +49,19 @@ impl OpenIdProvider {
             .wait_for_count("claims", before + 1, Duration::from_secs(10));
     }
 
+    /// A logout token signed by the provider's current key, with `claims`
+    /// over iss, iat, exp and nbf (a null removes one).
+    pub fn logout_token(&mut self, claims: &Value) -> String {
+        let before = self.events("logout_token").len();
+        self.node.send_line(&format!("logout {claims}"));
+        self.node
+            .wait_for_count("logout_token", before + 1, Duration::from_secs(10));
+        self.events("logout_token")[before]["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// Publishes a new key (`RS256` or `ES256`) and signs with it from now on.
     pub fn rotate(&mut self, alg: &str) -> String {
         let before = self.events("rotated").len();

@@ -148,25 +148,17 @@ impl Redis {
         let keys = self.cli(&["--scan"]);
         let mut out = Vec::new();
         for key in keys.lines().filter(|k| !k.is_empty()) {
-            let kind = self.cli(&["TYPE", key]);
-            let value = match kind.trim() {
-                "hash" => {
-                    Command::new("redis-cli")
-                        .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--no-raw"])
-                        .args(["HGETALL", key])
-                        .output()
-                        .unwrap()
-                        .stdout
-                }
-                _ => {
-                    Command::new("redis-cli")
-                        .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--no-raw"])
-                        .args(["GET", key])
-                        .output()
-                        .unwrap()
-                        .stdout
-                }
+            let read = match self.cli(&["TYPE", key]).trim() {
+                "hash" => "HGETALL",
+                "set" => "SMEMBERS",
+                _ => "GET",
             };
+            let value = Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--no-raw"])
+                .args([read, key])
+                .output()
+                .unwrap()
+                .stdout;
             out.push((key.to_string(), value));
         }
         out
