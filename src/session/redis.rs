@@ -860,6 +860,13 @@ impl SessionStore for RedisStore {
             if let Err(e) = subscriber.subscribe(channel.as_str()).await {
                 tracing::warn!(error = %e, "cannot subscribe to session changes yet; retrying on reconnect");
             }
+            // fred announces the first connection as a reconnection too;
+            // copies cached before it are at most LOCAL_MAX_AGE old and
+            // checked again then, so only later ones drop every copy. (It
+            // used to drop a session cached moments before, when the
+            // subscriber connected late on a loaded machine: a flaky
+            // `redis_down_keeps_cached_sessions…`.)
+            let mut connected_before = false;
             loop {
                 tokio::select! {
                     message = messages.recv() => match message {
@@ -878,6 +885,7 @@ impl SessionStore for RedisStore {
                     reconnected = reconnects.recv() => match reconnected {
                         // Whatever was published while this replica was
                         // away is lost: start over from Redis.
+                        Ok(_) if !connected_before => connected_before = true,
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             local.invalidate_all();
                         }
