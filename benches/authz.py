@@ -4,9 +4,10 @@ authenticated requests with two authorization rules configured against
 none, and requests with a bearer token (verified once, then cached)
 against requests with a session cookie.
 
-Two release sidecars on loopback in front of the same upstream (an nginx
+One release sidecar on loopback in front of an upstream (an nginx
 answering a fixed 100-byte body), logged in through the mock EMP (profile
-email bench@example.com, country KR):
+email bench@example.com, country KR); the targets differ in what they send
+and in the configuration, switched by SIGHUP before each run:
   sidecar-plain  no [authorization]
   sidecar-rules  allowed_email_domains = ["example.com"], and a per-path
                  rule (^/admin/: group admins, country KR or US) that the
@@ -23,6 +24,9 @@ Writes benches/results/authz.json and prints a Markdown table.
 
 import argparse
 import json
+import os
+import time
+import urllib.request
 import signal
 import statistics
 import subprocess
@@ -57,7 +61,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="emp-bench-authz-")
     procs = []
     try:
-        up_port, emp_port, plain_port, rules_port = (o.free_port() for _ in range(4))
+        up_port, emp_port, plain_port = (o.free_port() for _ in range(3))
         emp = subprocess.Popen([binary, "mock-emp", "--listen", f"127.0.0.1:{emp_port}",
                                 "--token-lifetime", "3600s"], stdout=subprocess.DEVNULL)
         procs.append((emp, signal.SIGTERM))
@@ -67,37 +71,62 @@ def main():
         procs.append((up, signal.SIGQUIT))
         for p in (up_port, emp_port):
             o.wait_port(p)
-        pids, targets = {}, {}
-        bearer = '\n[bearer]\nenabled = true\nopaque_cache = "600s"\n'
-        for name, port, extra in [("sidecar-plain", plain_port, bearer),
-                                  ("sidecar-rules", rules_port, RULES)]:
-            conf = o.sidecar_conf(Path(tmp) / f"{name}.toml", port, up_port, emp_port)
-            conf.write_text(conf.read_text() + extra)
-            log = open(Path(tmp) / f"{name}.log", "w")
-            p = subprocess.Popen([binary, "--config", str(conf)], stdout=log,
-                                 stderr=subprocess.STDOUT)
-            procs.append((p, signal.SIGTERM))
-            o.wait_port(port)
-            url = f"http://127.0.0.1:{port}"
-            cookie = o.login(url)
-            targets[name] = (url + "/app/bench", [f"Cookie: {cookie}"])
-            pids[name] = [p.pid]
-            if name == "sidecar-plain":
-                # The session's access token, as nginx would get it.
-                _, h = o.http("GET", url + "/oauth2/auth", {"Cookie": cookie})
-                token = {k.lower(): v for k, v in h}["x-auth-request-access-token"]
-                targets["sidecar-bearer"] = (url + "/app/bench",
-                                             [f"Authorization: Bearer {token}"])
-                pids["sidecar-bearer"] = [p.pid]
-        for url, h in targets.values():
-            status, _ = o.http("GET", url, dict(x.split(": ", 1) for x in h))
-            assert status == 200, f"{url}: {status}"
-            o.wrk(url, 16, 2, h)
+        # One sidecar for all three targets: the rules are switched on and
+        # off by SIGHUP between runs, so each comparison is within one
+        # process (two processes differed by more than the rules cost).
+        port = plain_port
+        conf = o.sidecar_conf(Path(tmp) / "sidecar.toml", port, up_port, emp_port)
+        base = conf.read_text() + '\n[bearer]\nenabled = true\nopaque_cache = "600s"\n'
+        conf.write_text(base)
+        log = open(Path(tmp) / "sidecar.log", "w")
+        p = subprocess.Popen([binary, "--config", str(conf)], stdout=log,
+                             stderr=subprocess.STDOUT)
+        procs.append((p, signal.SIGTERM))
+        o.wait_port(port)
+        url = f"http://127.0.0.1:{port}"
+        cookie = o.login(url)
+        # The session's access token, as nginx would get it.
+        _, h = o.http("GET", url + "/oauth2/auth", {"Cookie": cookie})
+        token = {k.lower(): v for k, v in h}["x-auth-request-access-token"]
+        targets = {
+            "sidecar-plain": (url + "/app/bench", [f"Cookie: {cookie}"], base),
+            "sidecar-rules": (url + "/app/bench", [f"Cookie: {cookie}"], base + RULES),
+            "sidecar-bearer": (url + "/app/bench", [f"Authorization: Bearer {token}"], base),
+        }
+        pids = {t: [p.pid] for t in targets}
+        state = {"text": base, "reloads": 0}
+
+        def configure(text):
+            """Rewrites the configuration and reloads it (SIGHUP), waiting
+            (at most 10 s) until the sidecar says it applied it."""
+            if text == state["text"]:
+                return
+            conf.write_text(text)
+            state["text"] = text
+            state["reloads"] += 1
+            os.kill(p.pid, signal.SIGHUP)
+            series = 'emp_sidecar_config_reloads_total{result="applied"} '
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+                    body = resp.read().decode()
+                line = next((x for x in body.splitlines() if x.startswith(series)), "")
+                if line and float(line.split()[-1]) >= state["reloads"]:
+                    return
+                time.sleep(0.05)
+            raise RuntimeError("the reload was not applied within 10 s")
+
+        for t, (u, h, text) in targets.items():
+            configure(text)
+            status, _ = o.http("GET", u, dict(x.split(": ", 1) for x in h))
+            assert status == 200, f"{t}: {status}"
+            o.wrk(u, 16, 2, h)
         samples = {(t, c): [] for t in targets for c in conns_list}
         for r in range(args.rounds):
             for c in conns_list:
-                for t, (url, h) in targets.items():
-                    res = o.wrk(url, c, args.duration, h, pids[t])
+                for t, (u, h, text) in targets.items():
+                    configure(text)
+                    res = o.wrk(u, c, args.duration, h, pids[t])
                     samples[(t, c)].append(res)
                     print(f"round {r + 1} c={c:<4} {t:<14} {res['rps']:>9.0f} req/s "
                           f"p99 {res['p99_ms']:.3f} ms  CPU {res['cpu_us']:.1f} us/req",
