@@ -14,7 +14,14 @@ pair runs ROUNDS times, interleaved, and the median is reported, because this
 2-core machine is shared and noisy. Both proxies write an access log and set
 X-Forwarded-For/-Proto and X-Request-Id, so they do the same work.
 
-Usage: python3 benches/overhead.py [--duration SECONDS] [--rounds N] [--workers N]
+One-CPU mode (`--pin`), the way a sidecar really runs (a fraction of a CPU
+in the app's pod): the upstream, nginx, the mock EMP and the sidecar on CPU
+0, one worker each (nginx `worker_processes 1`, `server.workers = 1`), wrk
+with one thread on CPU 1; 32 and 128 connections unless told otherwise.
+Server CPU per request then counts the upstream's share too, for nginx and
+the sidecar alike (all of CPU 0's work for that request).
+
+Usage: python3 benches/overhead.py [--duration SECONDS] [--rounds N] [--workers N] [--pin]
 Writes benches/results/overhead.json and prints a Markdown table.
 """
 
@@ -77,8 +84,13 @@ http {{
     return conf
 
 
-def start_nginx(conf):
-    return subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"],
+def on_cpu(cpu):
+    """The command prefix that runs a process on one CPU (None: anywhere)."""
+    return ["taskset", "-c", str(cpu)] if cpu is not None else []
+
+
+def start_nginx(conf, cpu=None):
+    return subprocess.Popen([*on_cpu(cpu), "nginx", "-c", str(conf), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -119,14 +131,16 @@ def proc_stats(pids):
     return jiffies, sleeps
 
 
-def wrk(url, conns, duration, headers=(), pids=()):
+def wrk(url, conns, duration, headers=(), pids=(), threads=2, cpu=None):
     """One wrk run; `pids` are the processes that serve it (the proxy's), whose
-    CPU time and sleeps (voluntary context switches) are counted per request."""
+    CPU time and sleeps (voluntary context switches) are counted per request.
+    `threads` and `cpu`: wrk's threads, and the CPU it is pinned to."""
     extra = [a for h in headers for a in ("-H", h)]
     busy0, idle0 = cpu_jiffies()
     jif0, sleeps0 = proc_stats(pids)
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", *extra, url],
+        [*on_cpu(cpu), "wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency",
+         *extra, url],
         capture_output=True, text=True, check=True).stdout
     jif1, sleeps1 = proc_stats(pids)
     busy1, idle1 = cpu_jiffies()
@@ -233,11 +247,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--connections", default="16,128")
+    ap.add_argument("--connections", default=None,
+                    help="comma separated (default 16,128; with --pin 32,128)")
     ap.add_argument("--workers", type=int, default=None,
                     help="server.workers for the sidecar (default: the sidecar's default)")
+    ap.add_argument("--pin", action="store_true",
+                    help="servers on CPU 0 with one worker each, wrk on CPU 1 with one thread")
     args = ap.parse_args()
-    conns_list = [int(c) for c in args.connections.split(",")]
+    conns_list = [int(c) for c in (args.connections or ("32,128" if args.pin else "16,128"))
+                  .split(",")]
+    server_cpu, load_cpu = (0, 1) if args.pin else (None, None)
+    nginx_workers = "1" if args.pin else "auto"
+    wrk_threads = 1 if args.pin else 2
+    if args.pin:
+        args.workers = 1
 
     subprocess.run([str(ROOT / "scripts/ensure-packages"), "nginx:nginx", "wrk:wrk"], check=True)
     subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
@@ -247,7 +270,8 @@ def main():
     procs = []
     try:
         up_port, ngx_port, sc_port, emp_port = free_port(), free_port(), free_port(), free_port()
-        emp = subprocess.Popen([str(binary), "mock-emp", "--listen", f"127.0.0.1:{emp_port}",
+        emp = subprocess.Popen([*on_cpu(server_cpu), str(binary), "mock-emp", "--listen",
+                                f"127.0.0.1:{emp_port}",
                                 "--token-lifetime", "3600s"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
         procs.append((emp, signal.SIGTERM))
@@ -256,7 +280,7 @@ def main():
         listen 127.0.0.1:{up_port} backlog=4096;
         access_log off;
         location / {{ default_type text/plain; return 200 "{BODY}"; }}
-    }}"""))
+    }}""", workers=nginx_workers), cpu=server_cpu)
         procs.append((up, signal.SIGQUIT))  # nginx drains on SIGQUIT
         ngx = start_nginx(nginx_conf(tmp, "proxy", f"""
     upstream app {{ server 127.0.0.1:{up_port}; keepalive 512; }}
@@ -272,13 +296,14 @@ def main():
             proxy_set_header X-Forwarded-Host $host;
             proxy_set_header X-Request-Id $request_id;
         }}
-    }}"""))
+    }}""", workers=nginx_workers), cpu=server_cpu)
         procs.append((ngx, signal.SIGQUIT))
         sc_conf = sidecar_conf(
             Path(tmp) / "sidecar.toml", sc_port, up_port, emp_port,
             server=f"workers = {args.workers}" if args.workers is not None else "")
         sc_log = open(Path(tmp) / "sidecar.log", "w")
-        sc = subprocess.Popen([str(binary), "--config", str(sc_conf)], stdout=sc_log,
+        sc = subprocess.Popen([*on_cpu(server_cpu), str(binary), "--config", str(sc_conf)],
+                              stdout=sc_log,
                               stderr=subprocess.STDOUT)
         procs.append((sc, signal.SIGTERM))
         for p in (up_port, ngx_port, sc_port, emp_port):
@@ -295,13 +320,18 @@ def main():
         # Whose CPU and sleeps each target's row counts: the server wrk talks to.
         servers = {"direct": children(up.pid), "nginx": children(ngx.pid),
                    "sidecar": [sc.pid], "sidecar-auth": [sc.pid]}
+        if args.pin:
+            # Everything CPU 0 does for a request: the upstream's share too.
+            for t in ("nginx", "sidecar", "sidecar-auth"):
+                servers[t] = servers[t] + children(up.pid)
         for t, url in targets.items():  # warm-up: pools, caches, page faults
-            wrk(url, 16, 2, headers.get(t, ()))
+            wrk(url, 16, 2, headers.get(t, ()), threads=wrk_threads, cpu=load_cpu)
         samples = {(t, c): [] for t in targets for c in conns_list}
         for r in range(args.rounds):
             for c in conns_list:
                 for t, url in targets.items():
-                    res = wrk(url, c, args.duration, headers.get(t, ()), servers[t])
+                    res = wrk(url, c, args.duration, headers.get(t, ()), servers[t],
+                              threads=wrk_threads, cpu=load_cpu)
                     samples[(t, c)].append(res)
                     print(f"round {r + 1} c={c:<4} {t:<8} {res['rps']:>10.0f} req/s "
                           f"p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms  "
@@ -317,7 +347,7 @@ def main():
 
         result = {"machine": {"cpus": os.cpu_count(), "nginx": subprocess.run(
             ["nginx", "-v"], capture_output=True, text=True).stderr.strip()},
-            "sidecar_workers": args.workers,
+            "sidecar_workers": args.workers, "pinned": args.pin,
             "duration_s": args.duration, "rounds": args.rounds, "sidecar_rss_kib": sidecar_rss,
             "rows": []}
         lines = ["| connections | target | req/s | p50 ms | p99 ms | CPU idle % "
@@ -335,28 +365,37 @@ def main():
                              f"{row['cpu_us']:.1f} | {row['sleeps']:.3f} |")
         lines.append("")
         lines.append("| connections | sidecar/nginx req/s | sidecar/nginx p99 | sidecar/direct req/s "
-                     "| auth/no-login req/s | auth/nginx req/s |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
+                     "| auth/no-login req/s | auth/nginx req/s | auth/nginx p99 "
+                     "| auth/nginx CPU per request |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for c in conns_list:
             ratio = {"connections": c,
                      "rps_vs_nginx": med("sidecar", c, "rps") / med("nginx", c, "rps"),
                      "p99_vs_nginx": med("sidecar", c, "p99_ms") / med("nginx", c, "p99_ms"),
                      "rps_vs_direct": med("sidecar", c, "rps") / med("direct", c, "rps"),
                      "auth_vs_public": med("sidecar-auth", c, "rps") / med("sidecar", c, "rps"),
-                     "auth_vs_nginx": med("sidecar-auth", c, "rps") / med("nginx", c, "rps")}
+                     "auth_vs_nginx": med("sidecar-auth", c, "rps") / med("nginx", c, "rps"),
+                     "auth_p99_vs_nginx": med("sidecar-auth", c, "p99_ms") / med("nginx", c, "p99_ms"),
+                     "auth_cpu_vs_nginx": med("sidecar-auth", c, "cpu_us") / med("nginx", c, "cpu_us")}
             result.setdefault("ratios", []).append(ratio)
             lines.append(f"| {c} | {ratio['rps_vs_nginx']:.2f} | {ratio['p99_vs_nginx']:.2f} | "
                          f"{ratio['rps_vs_direct']:.2f} | {ratio['auth_vs_public']:.2f} | "
-                         f"{ratio['auth_vs_nginx']:.2f} |")
+                         f"{ratio['auth_vs_nginx']:.2f} | {ratio['auth_p99_vs_nginx']:.2f} | "
+                         f"{ratio['auth_cpu_vs_nginx']:.2f} |")
         for c in conns_list:
             per_round = [f"{a['rps'] / b['rps']:.2f}"
                          for a, b in zip(samples[("sidecar", c)], samples[("nginx", c)])]
             lines.append(f"sidecar/nginx req/s by round, {c} connections: {', '.join(per_round)}")
+        for c in conns_list:
+            per_round = [f"{a['rps'] / b['rps']:.2f}"
+                         for a, b in zip(samples[("sidecar-auth", c)], samples[("nginx", c)])]
+            lines.append(f"auth/nginx req/s by round, {c} connections: {', '.join(per_round)}")
         lines.append("")
         lines.append(f"sidecar RSS after the run: {sidecar_rss / 1024:.1f} MiB")
         out_dir = ROOT / "benches/results"
         out_dir.mkdir(exist_ok=True)
-        (out_dir / "overhead.json").write_text(json.dumps(result, indent=2))
+        name = "overhead-pinned.json" if args.pin else "overhead.json"
+        (out_dir / name).write_text(json.dumps(result, indent=2))
         print("\n".join(lines))
     finally:
         stop_all(procs)
