@@ -17,7 +17,18 @@
 //!   [`MAX_LOGIN_COOKIES`]: the oldest are dropped first, so the `Cookie`
 //!   header cannot grow into a `431`. The issue time is inside the sealed
 //!   value, since a cookie's `Max-Age` is not authenticated.
+//!
+//! A session cookie verified once is remembered by its whole value, per
+//! worker thread ([`Verified`]): a request that brings it again costs a
+//! hash lookup and a constant-time comparison instead of two HMACs and
+//! three base64 passes. The memory is bounded, and it is forgotten with the
+//! secrets that verified it.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -150,6 +161,10 @@ pub struct Cookies {
 
 /// What the cookie secrets key: the first signs and seals, all verify.
 struct Keys {
+    /// Tells these keys from every other set in the process (another
+    /// sidecar's in a test, or the set a reload replaced): what they
+    /// verified is remembered under it.
+    id: u64,
     /// One HMAC per secret, keyed once; cloned for each use.
     macs: Vec<HmacSha256>,
     /// One login-cookie key per secret.
@@ -158,7 +173,9 @@ struct Keys {
 
 impl Keys {
     fn new(secrets: &[Secret]) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Keys {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             macs: secrets
                 .iter()
                 .filter_map(|s| <HmacSha256 as KeyInit>::new_from_slice(s.expose()).ok())
@@ -216,10 +233,9 @@ impl Cookies {
             .flat_map(|text| Cookie::split_parse(text).flatten())
     }
 
-    /// The verified value of cookie `name`, if the request carries one that
-    /// any configured secret signed.
-    fn read(&self, headers: &HeaderMap, name: &str) -> Option<String> {
-        let keys = self.keys.load();
+    /// The first cookie `name` of the request that one of `keys` signed:
+    /// its whole value (`<value>.<tag>`) and the length of `<value>`.
+    fn read(keys: &Keys, headers: &HeaderMap, name: &str) -> Option<(String, usize)> {
         for c in Self::all(headers) {
             if c.name() != name {
                 continue;
@@ -235,15 +251,47 @@ impl Cookies {
                 .iter()
                 .any(|k| Self::mac(k, name, value).verify_slice(&tag).is_ok());
             if valid {
-                return Some(value.to_string());
+                return Some((c.value().to_string(), value.len()));
             }
         }
         None
     }
 
     /// The session the request's cookie names, if it carries a valid one.
-    pub fn session_key(&self, headers: &HeaderMap) -> Option<SessionKey> {
-        SessionKey::decode(&self.read(headers, &self.session_name)?)
+    /// A cookie value verified before on this thread, under the same
+    /// secrets, is not verified again.
+    pub fn session_key(&self, headers: &HeaderMap) -> Option<Arc<SessionKey>> {
+        let keys = self.keys.load();
+        let known = VERIFIED.with_borrow_mut(|v| {
+            Self::values(headers, &self.session_name).find_map(|value| v.get(keys.id, value))
+        });
+        if known.is_some() {
+            return known;
+        }
+        let (signed, len) = Self::read(&keys, headers, &self.session_name)?;
+        let key = Arc::new(SessionKey::decode(&signed[..len])?);
+        // Remembered as sent, tag and all: only the whole signed value is
+        // ever taken for this session.
+        VERIFIED.with_borrow_mut(|v| v.insert(keys.id, &signed, key.clone()));
+        Some(key)
+    }
+
+    /// The values of every cookie called `name` in the request, as sent:
+    /// what [`Self::all`] would find, without parsing the other cookies
+    /// (a name or value with surrounding blanks or quotes may differ, and
+    /// then only misses [`VERIFIED`]).
+    fn values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .flat_map(|text| text.split(';'))
+            .filter_map(move |pair| {
+                let blank = [' ', '\t'];
+                let rest = pair.trim_start_matches(blank).strip_prefix(name)?;
+                let value = rest.trim_start_matches(blank).strip_prefix('=')?;
+                Some(value.trim_matches(blank))
+            })
     }
 
     fn set(&self, name: &str, value: String, max_age: Duration) -> HeaderValue {
@@ -361,6 +409,84 @@ impl Cookies {
             return_to,
             issued_at: unix_now_ms(),
         }
+    }
+}
+
+/// Session cookie values verified on this thread, each with its session
+/// key, under one set of keys: two generations of at most
+/// [`Verified::GENERATION`] entries (the older is dropped whole when the
+/// newer fills; a hit in the older moves up), so the cookies in use stay
+/// and memory is bounded (about 1 MiB a thread at most). Only cookies that
+/// verified are kept: whoever fills it holds that many sessions.
+struct Verified {
+    /// The [`Keys::id`] the entries were verified under.
+    keys: u64,
+    hasher: RandomState,
+    young: HashMap<u64, (Box<str>, Arc<SessionKey>)>,
+    old: HashMap<u64, (Box<str>, Arc<SessionKey>)>,
+}
+
+thread_local! {
+    static VERIFIED: RefCell<Verified> = RefCell::new(Verified {
+        keys: 0,
+        hasher: RandomState::new(),
+        young: HashMap::new(),
+        old: HashMap::new(),
+    });
+}
+
+impl Verified {
+    const GENERATION: usize = 2048;
+
+    fn get(&mut self, keys: u64, value: &str) -> Option<Arc<SessionKey>> {
+        if self.keys != keys {
+            return None;
+        }
+        let hash = self.slot(value);
+        // The whole value must match, compared in constant time: a
+        // 64-bit hash is no proof, and a timing must not tell how much of
+        // a guessed cookie was right.
+        let same = |(known, _): &(Box<str>, Arc<SessionKey>)| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(known.as_bytes(), value.as_bytes())
+                .is_ok()
+        };
+        if let Some(entry) = self.young.get(&hash) {
+            return same(entry).then(|| entry.1.clone());
+        }
+        let entry = self.old.remove(&hash)?;
+        let found = same(&entry).then(|| entry.1.clone());
+        if found.is_some() {
+            self.put(hash, entry);
+        }
+        found
+    }
+
+    fn insert(&mut self, keys: u64, value: &str, key: Arc<SessionKey>) {
+        if self.keys != keys {
+            // Other secrets now (a reload), or another sidecar on this
+            // thread: what the previous keys verified is not trusted.
+            self.keys = keys;
+            self.young.clear();
+            self.old.clear();
+        }
+        let hash = self.slot(value);
+        self.put(hash, (value.into(), key));
+    }
+
+    /// Where a value goes: a keyed hash of its last 16 bytes, which are
+    /// part of its HMAC tag, so random enough to spread the entries; a
+    /// crafted value that shares them meets one comparison, never a match.
+    fn slot(&self, value: &str) -> u64 {
+        let bytes = value.as_bytes();
+        self.hasher
+            .hash_one(&bytes[bytes.len().saturating_sub(16)..])
+    }
+
+    fn put(&mut self, hash: u64, entry: (Box<str>, Arc<SessionKey>)) {
+        if self.young.len() >= Self::GENERATION {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(hash, entry);
     }
 }
 

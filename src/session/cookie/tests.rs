@@ -43,7 +43,7 @@ fn signed_session_cookie_round_trips_with_the_right_flags() {
         assert!(text.contains(flag), "{flag} missing from {text}");
     }
     let back = c.session_key(&request_with(&[&set])).unwrap();
-    assert_eq!(back, key);
+    assert_eq!(*back, key);
     assert_eq!(back.store_key(), key.store_key());
 }
 
@@ -98,15 +98,19 @@ fn rotation_first_secret_signs_all_verify() {
     let rotated = cookies(&[&[2u8; 32], &[1u8; 32]]);
     let k1 = SessionKey::generate();
     assert_eq!(
-        rotated.session_key(&request_with(&[&old.set_session(&k1)])),
-        Some(k1)
+        rotated
+            .session_key(&request_with(&[&old.set_session(&k1)]))
+            .as_deref(),
+        Some(&k1)
     );
     let k2 = SessionKey::generate();
     let from_new = rotated.set_session(&k2);
     assert_eq!(old.session_key(&request_with(&[&from_new])), None);
     assert_eq!(
-        cookies(&[&[2u8; 32]]).session_key(&request_with(&[&from_new])),
-        Some(k2)
+        cookies(&[&[2u8; 32]])
+            .session_key(&request_with(&[&from_new]))
+            .as_deref(),
+        Some(&k2)
     );
     // Login cookies rotate the same way.
     let l = old.set_login(&login("s1")).unwrap();
@@ -185,6 +189,95 @@ fn a_browser_keeps_at_most_the_newest_login_cookies() {
     );
 }
 
+/// How many verified cookies this thread remembers.
+fn remembered() -> usize {
+    VERIFIED.with_borrow(|v| v.young.len() + v.old.len())
+}
+
+#[test]
+fn a_cookie_verified_once_is_remembered_and_no_near_copy_passes_for_it() {
+    let c = cookies(&[&[7u8; 32]]);
+    let key = SessionKey::generate();
+    let set = c.set_session(&key);
+    let first = c.session_key(&request_with(&[&set])).unwrap();
+    let pair = set.to_str().unwrap().split(';').next().unwrap().to_string();
+    let value = pair.split_once('=').unwrap().1.to_string();
+    let hash = VERIFIED.with_borrow(|v| v.slot(&value));
+    assert!(
+        VERIFIED.with_borrow(|v| v.young.contains_key(&hash)),
+        "remembered"
+    );
+    // The same value again: the same key, from memory.
+    let again = c.session_key(&request_with(&[&set])).unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    // Spelled with blanks around it, still the same cookie.
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::COOKIE,
+        HeaderValue::try_from(format!("a=1;  _emp = {value} ;b=2")).unwrap(),
+    );
+    assert!(Arc::ptr_eq(&c.session_key(&h).unwrap(), &first));
+    // Every one-character change of the remembered value is refused.
+    for i in 0..value.len() {
+        let mut bytes = value.clone().into_bytes();
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        let changed = String::from_utf8(bytes).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::try_from(format!("_emp={changed}")).unwrap(),
+        );
+        assert_eq!(c.session_key(&h), None, "changed at {i}");
+    }
+    // So is the value with a byte more or less, or without its tag.
+    let untagged = value.rsplit_once('.').unwrap().0.to_string();
+    for changed in [
+        format!("{value}A"),
+        value[..value.len() - 1].to_string(),
+        untagged,
+    ] {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::try_from(format!("_emp={changed}")).unwrap(),
+        );
+        assert_eq!(c.session_key(&h), None);
+    }
+}
+
+#[test]
+fn remembered_cookies_are_forgotten_with_their_secret_and_by_other_keys() {
+    let c = cookies(&[&[1u8; 32]]);
+    let key = SessionKey::generate();
+    let set = c.set_session(&key);
+    assert!(c.session_key(&request_with(&[&set])).is_some());
+    // Another sidecar's keys on the same thread do not trust it.
+    let other = cookies(&[&[2u8; 32]]);
+    assert_eq!(other.session_key(&request_with(&[&set])), None);
+    assert!(c.session_key(&request_with(&[&set])).is_some());
+    // A reload that keeps the secret (second now) keeps the session...
+    c.set_secrets(&[Secret::new(vec![3u8; 32]), Secret::new(vec![1u8; 32])]);
+    assert!(c.session_key(&request_with(&[&set])).is_some());
+    // ...one that drops it ends it, remembered or not.
+    c.set_secrets(&[Secret::new(vec![3u8; 32])]);
+    assert_eq!(c.session_key(&request_with(&[&set])), None);
+}
+
+#[test]
+fn the_memory_of_verified_cookies_is_bounded() {
+    let c = cookies(&[&[9u8; 32]]);
+    let sets: Vec<HeaderValue> = (0..2 * Verified::GENERATION + 100)
+        .map(|_| c.set_session(&SessionKey::generate()))
+        .collect();
+    for set in &sets {
+        assert!(c.session_key(&request_with(&[set])).is_some());
+        assert!(remembered() <= 2 * Verified::GENERATION);
+    }
+    // The newest are remembered, the oldest were dropped (and verify again).
+    assert!(remembered() >= Verified::GENERATION);
+    assert!(c.session_key(&request_with(&[&sets[0]])).is_some());
+}
+
 #[test]
 fn an_overlong_return_url_returns_to_the_root() {
     let l = Cookies::new_login("s".into(), "n".into(), "v".into(), "/".repeat(5000));
@@ -226,7 +319,8 @@ mod properties {
             let c = Cookies::new(vec![Secret::new(secret)], "_emp", true, Duration::from_secs(60));
             let key = SessionKey::generate();
             let set = c.set_session(&key);
-            prop_assert_eq!(c.session_key(&request_with(&[&set])), Some(key));
+            let back = c.session_key(&request_with(&[&set]));
+            prop_assert_eq!(back.as_deref(), Some(&key));
             // One character of the value changed: no session.
             let text = set.to_str().unwrap();
             let value = text.split(';').next().unwrap().split_once('=').unwrap().1;
