@@ -155,7 +155,12 @@ impl Auth {
         let Some(key) = self.cookies.session_key(headers) else {
             return Decision::NeedsLogin;
         };
-        let session = match self.store.get(&key).await {
+        // A session at hand costs no future (the usual case).
+        let found = match self.store.get_now(&key) {
+            Some(found) => Ok(found),
+            None => self.store.get(&key).await,
+        };
+        let session = match found {
             Ok(Some(session)) => session,
             Ok(None) => return Decision::NeedsLogin,
             Err(e) => return Decision::StoreUnavailable(e),

@@ -350,6 +350,13 @@ pub enum StoreError {
 /// Where sessions live, named by [`SessionKey::store_key`]. Every
 /// implementation passes the one suite in `session/tests.rs`.
 pub trait SessionStore: Send + Sync {
+    /// The answer of [`Self::get`] when this replica has it at hand (the
+    /// memory store always; the Redis store on a fresh hit in its local
+    /// cache), without a future to allocate and poll: `None` means ask
+    /// `get`.
+    fn get_now(&self, _key: &SessionKey) -> Option<Option<Arc<Session>>> {
+        None
+    }
     fn get<'a>(
         &'a self,
         key: &'a SessionKey,

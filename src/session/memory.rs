@@ -48,6 +48,10 @@ fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, Result<T, StoreError>> {
 }
 
 impl SessionStore for MemoryStore {
+    fn get_now(&self, key: &SessionKey) -> Option<Option<Arc<Session>>> {
+        Some(self.cache.get(key.store_key()))
+    }
+
     fn get<'a>(
         &'a self,
         key: &'a SessionKey,

@@ -489,6 +489,17 @@ impl RedisStore {
         }
     }
 
+    /// The session of a local cache entry young enough to trust without
+    /// asking Redis (pub/sub tells of changes; this bounds a missed one).
+    fn fresh_hit(&self, key: &SessionKey, cached: &Cached) -> Option<Arc<Session>> {
+        if cached.checked.elapsed() >= LOCAL_MAX_AGE {
+            return None;
+        }
+        self.metrics.cache_hit();
+        self.touch_if_due(key, &cached.session);
+        Some(cached.session.clone())
+    }
+
     /// Slides the idle timeout, at most once per tenth of it per replica.
     fn touch_if_due(&self, key: &SessionKey, session: &Arc<Session>) {
         if self.idle >= self.lifetime {
@@ -523,6 +534,11 @@ impl RedisStore {
 }
 
 impl SessionStore for RedisStore {
+    fn get_now(&self, key: &SessionKey) -> Option<Option<Arc<Session>>> {
+        let cached = self.local.get(key.store_key())?;
+        self.fresh_hit(key, &cached).map(Some)
+    }
+
     fn get<'a>(
         &'a self,
         key: &'a SessionKey,
@@ -530,11 +546,9 @@ impl SessionStore for RedisStore {
         Box::pin(async move {
             let cached = self.local.get(key.store_key());
             if let Some(c) = &cached
-                && c.checked.elapsed() < LOCAL_MAX_AGE
+                && let Some(session) = self.fresh_hit(key, c)
             {
-                self.metrics.cache_hit();
-                self.touch_if_due(key, &c.session);
-                return Ok(Some(c.session.clone()));
+                return Ok(Some(session));
             }
             let loaded = match self.load(key).await {
                 Ok(loaded) => loaded,
