@@ -3,6 +3,7 @@
 //! headers, and relay protocol upgrades (WebSocket) as a two-way byte copy.
 //! Bodies stream in both directions and are never buffered whole.
 
+pub mod h1;
 pub mod headers;
 pub mod pool;
 pub mod upstream;
@@ -19,7 +20,6 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
-use crate::body::BoxError;
 use crate::config::{Config, HostHeader, Problem};
 use crate::error::ProxyError;
 use crate::metrics::ClientErrorKind;
@@ -133,46 +133,38 @@ impl Upstream {
 
         let (body, sent) = SentBody::new(body, self.body_read_timeout);
         let started = Instant::now();
-        let request = self.pool.send(Request::from_parts(parts, body));
+        let request = self.pool.send(Request::from_parts(parts, body), started);
         // The response-head timeout runs from the moment the request body has
         // been sent in full, so a long upload is not mistaken for a slow app.
+        let timeout = self.response_header_timeout;
         let deadline = async {
-            if let Some(sent) = sent {
-                sent.notified().await;
+            match sent {
+                Some(sent) => {
+                    sent.notified().await;
+                    tokio::time::sleep(timeout).await;
+                }
+                // Nothing to upload: the clock runs from now (read once).
+                None => tokio::time::sleep_until((started + timeout).into()).await,
             }
-            tokio::time::sleep(self.response_header_timeout).await;
         };
-        let mut resp = tokio::select! {
+        let answer = tokio::select! {
             res = request => res.map_err(classify)?,
             () = deadline => return Err(ProxyError::UpstreamResponseTimeout),
         };
         let latency = started.elapsed();
+        let mut resp = answer.response;
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
-            let Some(client_upgrade) = client_upgrade else {
+            let (Some(client_upgrade), Some(upstream)) = (client_upgrade, answer.switched) else {
                 return Err(ProxyError::UpstreamProtocol(
                     "101 Switching Protocols without an upgrade request".into(),
                 ));
             };
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tasks.spawn(async move {
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((c, u)) => {
-                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                            tracing::debug!(error = %e, "upgraded connection ended with an error");
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
-                }
-            });
+            tasks.spawn(relay_upgraded(client_upgrade, upstream));
         }
         headers::strip_hop_by_hop(resp.headers_mut(), switching);
-        Ok((
-            resp.map(|b| b.map_err(BoxError::from).boxed_unsync()),
-            latency,
-        ))
+        Ok((resp.map(|b| b.boxed_unsync()), latency))
     }
 
     /// The request target sent upstream, in origin form (`/path?query`),
@@ -219,14 +211,32 @@ fn client_uri_authority(uri: &Uri) -> Option<HeaderValue> {
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
+/// Relays a switched protocol (WebSocket) both ways once the client's side
+/// is handed over: first what the upstream sent right after its `101`.
+async fn relay_upgraded(client: hyper::upgrade::OnUpgrade, upstream: h1::Conn) {
+    use tokio::io::AsyncWriteExt;
+    let mut client = match client.await {
+        Ok(c) => TokioIo::new(c),
+        Err(e) => {
+            tracing::debug!(error = %e, "protocol upgrade failed");
+            return;
+        }
+    };
+    let h1::Conn { io: mut up, buf } = upstream;
+    if !buf.is_empty() && client.write_all(&buf).await.is_err() {
+        return;
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
 /// Sorts a pool error by cause: refused or failed connections are 502, a
 /// connect timeout is 504, anything after the connection is a bad response.
 fn classify(e: PoolError) -> ProxyError {
     match e {
         PoolError::ConnectTimeout => ProxyError::UpstreamConnectTimeout,
-        PoolError::Connect(_) | PoolError::Tls(_) | PoolError::Handshake(_) => {
-            ProxyError::UpstreamConnect(e.into())
-        }
+        PoolError::Connect(_) | PoolError::Tls(_) => ProxyError::UpstreamConnect(e.into()),
         PoolError::Exchange(ref cause) => match client_body_fault(cause) {
             Some(ClientBodyError::Timeout) => ProxyError::ClientBodyTimeout,
             Some(ClientBodyError::Malformed(_)) => ProxyError::ClientBody(e.into()),
@@ -235,15 +245,10 @@ fn classify(e: PoolError) -> ProxyError {
     }
 }
 
-/// The client's body fault behind a failed exchange, if that is what it was
-/// (hyper keeps the body's error as the source of its own).
-fn client_body_fault(e: &hyper::Error) -> Option<&ClientBodyError> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(fault) = err.downcast_ref::<ClientBodyError>() {
-            return Some(fault);
-        }
-        cur = err.source();
+/// The client's body fault behind a failed exchange, if that is what it was.
+fn client_body_fault(e: &h1::Error) -> Option<&ClientBodyError> {
+    match e {
+        h1::Error::Upload(cause) => cause.downcast_ref::<ClientBodyError>(),
+        _ => None,
     }
-    None
 }

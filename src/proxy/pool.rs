@@ -1,31 +1,31 @@
 //! A keep-alive pool of HTTP/1.1 connections to the upstream, one per worker
-//! thread (so its lock is never contended and a connection's task never
-//! leaves the thread that uses it).
+//! thread (so its lock is never contended), and the exchange on them: the
+//! request's own task writes the request and reads the answer
+//! ([`super::h1`]); no connection has a task of its own.
 //!
-//! Why not hyper-util's pooled client: for every HTTP/1 request whose body
-//! streams, it spawns a task that waits to put the connection back, and it
-//! races a speculative connect against each checkout. Here a connection goes
-//! back when its response body ends, from the body itself, and checkout is
-//! LIFO so the warmest connection serves next. benches/README.md has the
-//! figures.
+//! A connection goes back when its response body ends, from the body
+//! itself, and checkout is LIFO so the warmest connection serves next. An
+//! idle connection the upstream closed (or wrote to) is seen at checkout
+//! from the socket's readiness, without a system call in the usual case.
+//! benches/README.md has the figures.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::h1::{self, BodyReader, Conn, Io, Upload};
 use super::upstream::SentBody;
+use crate::body::BoxError;
 
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +36,8 @@ pub enum PoolError {
     ConnectTimeout,
     #[error("TLS handshake with the upstream failed")]
     Tls(#[source] io::Error),
-    #[error("HTTP/1.1 handshake with the upstream failed")]
-    Handshake(#[source] hyper::Error),
     #[error("the upstream connection failed during the exchange")]
-    Exchange(#[source] hyper::Error),
+    Exchange(#[source] h1::Error),
 }
 
 /// How to open a new connection.
@@ -52,7 +50,7 @@ pub struct Connector {
 }
 
 struct Idle {
-    tx: SendRequest<SentBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -61,6 +59,14 @@ pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
+}
+
+/// An answer from the upstream: the response (its body streaming off the
+/// connection), and for a `101` the connection itself, to relay the new
+/// protocol on (with any bytes already read after the head).
+pub struct Answer {
+    pub response: Response<PooledBody>,
+    pub switched: Option<Conn>,
 }
 
 impl Pool {
@@ -73,37 +79,67 @@ impl Pool {
         })
     }
 
-    /// Sends `req` on an idle connection, or a new one. A reused connection
-    /// that turns out closed before the request was written is skipped and
-    /// the request tried on the next (nothing was sent, so this is safe for
-    /// any method).
+    /// Sends `req` on an idle connection, or a new one, and reads the
+    /// response head. A reused connection found closed before anything
+    /// came back is dropped and the request sent on another, as long as
+    /// no part of its body was taken from the client.
+    /// `now` is the time the request set out.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<SentBody>,
-    ) -> Result<Response<PooledBody>, PoolError> {
-        while let Some(mut tx) = self.checkout() {
-            if tx.ready().await.is_err() {
-                continue;
+        req: Request<SentBody>,
+        now: Instant,
+    ) -> Result<Answer, PoolError> {
+        let (parts, body) = req.into_parts();
+        let mut upload = Upload::new(&parts, body);
+        loop {
+            let (mut conn, reused) = match self.checkout(now) {
+                Some(conn) => (conn, true),
+                // Boxed: connecting (TCP, TLS) is a large future, and
+                // inline it would be copied with every request's.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            let head = match h1::exchange(&mut conn, &mut upload, &parts.method).await {
+                Ok(head) => head,
+                Err(e) if reused && h1::may_retry(&e, &upload, &parts.method) => {
+                    upload.rewind(&parts);
+                    continue;
+                }
+                Err(e) => return Err(PoolError::Exchange(e)),
+            };
+            let mut response = Response::new(());
+            *response.status_mut() = head.status;
+            *response.version_mut() = head.version;
+            *response.headers_mut() = head.headers;
+            if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                // The connection belongs to the protocol switch now.
+                let body = PooledBody::new(
+                    None,
+                    BodyReader::new(h1::Framing::Empty),
+                    upload,
+                    false,
+                    Weak::new(),
+                );
+                return Ok(Answer {
+                    response: response.map(|()| body),
+                    switched: Some(conn),
+                });
             }
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, tx)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(PoolError::Exchange(e.into_error())),
-                },
-            }
-        }
-        // Boxed: connecting (TCP, TLS, handshake) is a large future, and
-        // inline it would be copied with every request's.
-        let mut tx = Box::pin(self.connect()).await?;
-        match tx.try_send_request(req).await {
-            Ok(resp) => Ok(self.wrap(resp, tx)),
-            Err(e) => Err(PoolError::Exchange(e.into_error())),
+            let body = PooledBody::new(
+                Some(conn),
+                BodyReader::new(head.framing),
+                upload,
+                head.keep_alive,
+                Arc::downgrade(self),
+            );
+            return Ok(Answer {
+                response: response.map(|()| body),
+                switched: None,
+            });
         }
     }
 
-    /// Closes connections idle for longer than the idle timeout; run it
-    /// periodically on the worker that owns the pool.
+    /// Closes connections idle for longer than the idle timeout or closed
+    /// by the upstream; run it periodically on the worker that owns the pool.
     pub async fn reap_idle(self: Arc<Self>) {
         let weak = Arc::downgrade(&self);
         let period = (self.idle_timeout / 2).max(Duration::from_millis(100));
@@ -113,36 +149,26 @@ impl Pool {
             let Some(pool) = weak.upgrade() else { return };
             let timeout = pool.idle_timeout;
             if let Ok(mut idle) = pool.idle.lock() {
-                idle.retain(|c| c.since.elapsed() < timeout && !c.tx.is_closed());
+                idle.retain(|c| c.since.elapsed() < timeout && c.conn.is_usable_when_idle());
             }
         }
     }
 
-    fn checkout(&self) -> Option<SendRequest<SentBody>> {
+    /// The most recently used idle connection that is still good (LIFO:
+    /// the warmest serves next).
+    fn checkout(&self, now: Instant) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() < self.idle_timeout && !c.tx.is_closed() {
-                return Some(c.tx);
+            if now.saturating_duration_since(c.since) < self.idle_timeout
+                && c.conn.is_usable_when_idle()
+            {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, tx: SendRequest<SentBody>) {
-        if tx.is_closed() {
-            return;
-        }
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.max_idle
-        {
-            idle.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
-        }
-    }
-
-    async fn connect(&self) -> Result<SendRequest<SentBody>, PoolError> {
+    async fn connect(&self) -> Result<Conn, PoolError> {
         let c = &self.connector;
         let tcp = tokio::time::timeout(
             c.connect_timeout,
@@ -153,112 +179,131 @@ impl Pool {
         .map_err(PoolError::Connect)?;
         let _ = tcp.set_nodelay(true);
         match &c.tls {
-            None => handshake(tcp).await,
+            None => Ok(Conn::new(Io::Plain(tcp))),
             Some((connector, name)) => {
                 let tls =
                     tokio::time::timeout(c.connect_timeout, connector.connect(name.clone(), tcp))
                         .await
                         .map_err(|_| PoolError::ConnectTimeout)?
                         .map_err(PoolError::Tls)?;
-                handshake(tls).await
+                Ok(Conn::new(Io::Tls(Box::new(tls))))
             }
         }
     }
+}
 
-    fn wrap(
-        self: &Arc<Self>,
-        resp: Response<Incoming>,
-        tx: SendRequest<SentBody>,
-    ) -> Response<PooledBody> {
-        // An upgraded connection belongs to the upgrade now.
-        let back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| GiveBack {
-            tx,
-            pool: Arc::downgrade(self),
+/// Puts a connection whose exchange ended cleanly back, if the pool is
+/// still there and has room.
+fn checkin(pool: &Weak<Pool>, conn: Conn) {
+    let Some(pool) = pool.upgrade() else { return };
+    if let Ok(mut idle) = pool.idle.lock()
+        && idle.len() < pool.max_idle
+    {
+        idle.push(Idle {
+            conn,
+            since: Instant::now(),
         });
-        resp.map(|inner| {
-            let mut body = PooledBody { inner, back };
-            if body.inner.is_end_stream() {
-                body.release();
-            }
-            body
-        })
     }
 }
 
-/// HTTP/1.1 over an established (plain or TLS) connection, its driver spawned.
-async fn handshake<T>(io: T) -> Result<SendRequest<SentBody>, PoolError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (tx, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(PoolError::Handshake)?;
-    tokio::spawn(drive(conn));
-    Ok(tx)
-}
-
-/// Runs one connection until it closes; upgrades (WebSocket) stay possible.
-async fn drive<T>(conn: http1::Connection<T, SentBody>)
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    if let Err(e) = conn.with_upgrades().await {
-        tracing::debug!(error = %e, "upstream connection ended with an error");
-    }
-}
-
-struct GiveBack {
-    tx: SendRequest<SentBody>,
+/// The response body: data read straight off the connection, and the rest
+/// of an upload still going when the head came.
+pub struct PooledBody {
+    conn: Option<Conn>,
+    reader: BodyReader,
+    upload: Option<Upload>,
+    /// Both messages may end cleanly and leave the connection reusable.
+    keep_alive: bool,
+    /// Where the connection goes when its exchange is over.
     pool: Weak<Pool>,
 }
 
-pin_project_lite::pin_project! {
-    /// The upstream's response body; when it ends, its connection goes back
-    /// to the pool. Dropped early (the client went away), the connection is
-    /// closed instead, since it has unread bytes on it.
-    pub struct PooledBody {
-        #[pin]
-        inner: Incoming,
-        back: Option<GiveBack>,
-    }
-}
-
 impl PooledBody {
-    fn release(&mut self) {
-        if let Some(GiveBack { tx, pool }) = self.back.take()
-            && let Some(pool) = pool.upgrade()
+    fn new(
+        conn: Option<Conn>,
+        reader: BodyReader,
+        upload: Upload,
+        keep_alive: bool,
+        pool: Weak<Pool>,
+    ) -> PooledBody {
+        let mut body = PooledBody {
+            conn,
+            reader,
+            upload: (!upload.is_done()).then_some(upload),
+            keep_alive,
+            pool,
+        };
+        body.release_if_done();
+        body
+    }
+
+    /// Hands the connection back once the response is read and the upload
+    /// is out; a connection that cannot be reused is just closed.
+    fn release_if_done(&mut self) {
+        if !self.reader.is_done() {
+            return;
+        }
+        if self.upload.is_some() {
+            // An answer before the upload ended: the upstream did not
+            // wait for it, so the connection's state is unknown.
+            self.keep_alive = false;
+            self.upload = None;
+        }
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.buf.is_empty()
         {
-            pool.checkin(tx);
+            checkin(&self.pool, conn);
         }
     }
 }
 
 impl HttpBody for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = self.as_mut().project().inner.poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => {
-                self.back.take();
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // An upload the upstream still reads (an echo, say) goes on while
+        // the answer streams back.
+        if let Some(upload) = this.upload.as_mut() {
+            match upload.poll_send(&mut conn.io, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => this.upload = None,
+                Poll::Ready(Err(_)) => {
+                    this.upload = None;
+                    this.keep_alive = false;
+                }
             }
-            _ => {}
         }
-        polled
+        match this.reader.poll_data(conn, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(data))) => {
+                this.release_if_done();
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.conn = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.release_if_done();
+                Poll::Ready(None)
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.reader.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.reader.size_hint()
     }
 }

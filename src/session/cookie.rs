@@ -26,7 +26,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -278,19 +278,25 @@ impl Cookies {
 
     /// The values of every cookie called `name` in the request, as sent:
     /// what [`Self::all`] would find, without parsing the other cookies
-    /// (a name or value with surrounding blanks or quotes may differ, and
-    /// then only misses [`VERIFIED`]).
-    fn values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+    /// or checking the header's other bytes (a value with quotes around
+    /// it, which the parser takes off, only misses [`VERIFIED`]).
+    fn values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h [u8]> {
+        fn blank(b: &u8) -> bool {
+            matches!(b, b' ' | b'\t')
+        }
+        fn trim_start(text: &[u8]) -> &[u8] {
+            let n = text.iter().take_while(|b| blank(b)).count();
+            &text[n..]
+        }
         headers
             .get_all(header::COOKIE)
             .iter()
-            .filter_map(|h| h.to_str().ok())
-            .flat_map(|text| text.split(';'))
+            .flat_map(|h| h.as_bytes().split(|&b| b == b';'))
             .filter_map(move |pair| {
-                let blank = [' ', '\t'];
-                let rest = pair.trim_start_matches(blank).strip_prefix(name)?;
-                let value = rest.trim_start_matches(blank).strip_prefix('=')?;
-                Some(value.trim_matches(blank))
+                let rest = trim_start(pair).strip_prefix(name.as_bytes())?;
+                let value = trim_start(trim_start(rest).strip_prefix(b"=")?);
+                let end = value.len() - value.iter().rev().take_while(|b| blank(b)).count();
+                Some(&value[..end])
             })
     }
 
@@ -421,24 +427,45 @@ impl Cookies {
 struct Verified {
     /// The [`Keys::id`] the entries were verified under.
     keys: u64,
-    hasher: RandomState,
-    young: HashMap<u64, (Box<str>, Arc<SessionKey>)>,
-    old: HashMap<u64, (Box<str>, Arc<SessionKey>)>,
+    young: Slots,
+    old: Slots,
+}
+
+/// Entries by [`Verified::slot`], which is already random: not hashed again.
+type Slots = HashMap<u64, (Box<str>, Arc<SessionKey>), BuildHasherDefault<SlotHasher>>;
+
+#[derive(Default)]
+struct SlotHasher(u64);
+
+impl Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // One multiplication spreads the text's bits over the whole word.
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 thread_local! {
     static VERIFIED: RefCell<Verified> = RefCell::new(Verified {
         keys: 0,
-        hasher: RandomState::new(),
-        young: HashMap::new(),
-        old: HashMap::new(),
+        young: Slots::default(),
+        old: Slots::default(),
     });
 }
 
 impl Verified {
     const GENERATION: usize = 2048;
 
-    fn get(&mut self, keys: u64, value: &str) -> Option<Arc<SessionKey>> {
+    fn get(&mut self, keys: u64, value: &[u8]) -> Option<Arc<SessionKey>> {
         if self.keys != keys {
             return None;
         }
@@ -447,8 +474,7 @@ impl Verified {
         // 64-bit hash is no proof, and a timing must not tell how much of
         // a guessed cookie was right.
         let same = |(known, _): &(Box<str>, Arc<SessionKey>)| {
-            aws_lc_rs::constant_time::verify_slices_are_equal(known.as_bytes(), value.as_bytes())
-                .is_ok()
+            aws_lc_rs::constant_time::verify_slices_are_equal(known.as_bytes(), value).is_ok()
         };
         if let Some(entry) = self.young.get(&hash) {
             return same(entry).then(|| entry.1.clone());
@@ -469,17 +495,19 @@ impl Verified {
             self.young.clear();
             self.old.clear();
         }
-        let hash = self.slot(value);
+        let hash = self.slot(value.as_bytes());
         self.put(hash, (value.into(), key));
     }
 
-    /// Where a value goes: a keyed hash of its last 16 bytes, which are
-    /// part of its HMAC tag, so random enough to spread the entries; a
-    /// crafted value that shares them meets one comparison, never a match.
-    fn slot(&self, value: &str) -> u64 {
-        let bytes = value.as_bytes();
-        self.hasher
-            .hash_one(&bytes[bytes.len().saturating_sub(16)..])
+    /// Where a value goes: its last 8 bytes, which end its HMAC tag, so
+    /// are uniformly spread for every value that can be in here (only
+    /// verified ones are). A crafted value that shares them meets one
+    /// constant-time comparison, never a match.
+    fn slot(&self, bytes: &[u8]) -> u64 {
+        let mut tail = [0u8; 8];
+        let n = bytes.len().min(8);
+        tail[..n].copy_from_slice(&bytes[bytes.len() - n..]);
+        u64::from_le_bytes(tail)
     }
 
     fn put(&mut self, hash: u64, entry: (Box<str>, Arc<SessionKey>)) {

@@ -202,7 +202,7 @@ fn a_cookie_verified_once_is_remembered_and_no_near_copy_passes_for_it() {
     let first = c.session_key(&request_with(&[&set])).unwrap();
     let pair = set.to_str().unwrap().split(';').next().unwrap().to_string();
     let value = pair.split_once('=').unwrap().1.to_string();
-    let hash = VERIFIED.with_borrow(|v| v.slot(&value));
+    let hash = VERIFIED.with_borrow(|v| v.slot(value.as_bytes()));
     assert!(
         VERIFIED.with_borrow(|v| v.young.contains_key(&hash)),
         "remembered"
