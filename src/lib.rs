@@ -13,7 +13,8 @@
 //! - [`path`]: the canonical form of a request path, which routes are
 //!   chosen on and the upstream receives, and the readings rules match.
 //! - [`proxy`]: forwarding to the upstream app; [`proxy::headers`] owns header
-//!   hygiene, [`proxy::upstream`] the pooled client.
+//!   hygiene, [`proxy::pool`] the per-worker connections and
+//!   [`proxy::h1`] the HTTP/1.1 exchange on them, in the request's own task.
 //! - [`activity`]: per-connection activity (requests in flight, a head
 //!   being read) and the watchdog that closes idle or slow connections.
 //! - [`body`]: the response body type and the per-request record that writes

@@ -1,6 +1,7 @@
-//! Forwarding to the upstream app: filter the request headers, send it on the
-//! pooled client, bound the wait for the response head, filter the response
-//! headers, and relay protocol upgrades (WebSocket) as a two-way byte copy.
+//! Forwarding to the upstream app: filter the request headers, send it on a
+//! pooled connection (the exchange runs in the request's own task), bound
+//! the wait for the response head, filter the response headers, and relay
+//! protocol upgrades (WebSocket) as a two-way byte copy.
 //! Bodies stream in both directions and are never buffered whole.
 
 pub mod h1;
