@@ -19,7 +19,7 @@
 //!   value, since a cookie's `Max-Age` is not authenticated.
 //!
 //! A session cookie verified once is remembered by its whole value, per
-//! worker thread ([`Verified`]): a request that brings it again costs a
+//! worker thread: a request that brings it again costs a
 //! hash lookup and a constant-time comparison instead of two HMACs and
 //! three base64 passes. The memory is bounded, and it is forgotten with the
 //! secrets that verified it.
