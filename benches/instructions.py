@@ -100,12 +100,7 @@ def main():
     procs = []
     try:
         up_port, ngx_port, sc_port, emp_port = (o.free_port() for _ in range(4))
-        up = o.start_nginx(o.nginx_conf(tmp, "upstream", f"""
-    server {{
-        listen 127.0.0.1:{up_port} backlog=4096;
-        access_log off;
-        location / {{ default_type text/plain; return 200 "{o.BODY}"; }}
-    }}""", workers="1"))
+        up = o.start_nginx(o.nginx_conf(tmp, "upstream", o.upstream_block(up_port), workers="1"))
         procs.append((up, signal.SIGQUIT))
         emp = subprocess.Popen([binary, "mock-emp", "--listen", f"127.0.0.1:{emp_port}",
                                 "--token-lifetime", "3600s"], stdout=subprocess.DEVNULL,
@@ -113,21 +108,7 @@ def main():
         procs.append((emp, signal.SIGTERM))
         rows = []
         if "nginx" in only:
-            conf = o.nginx_conf(tmp, "proxy", f"""
-    upstream app {{ server 127.0.0.1:{up_port}; keepalive 512; }}
-    server {{
-        listen 127.0.0.1:{ngx_port} backlog=4096;
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $host;
-            proxy_set_header X-Request-Id $request_id;
-        }}
-    }}""", workers="1")
+            conf = o.nginx_conf(tmp, "proxy", o.proxy_block(ngx_port, up_port), workers="1")
             ngx = callgrind(["nginx", "-c", str(conf), "-g", "daemon off; master_process off;"],
                             tmp, args.cache_sim)
             procs.append((ngx, signal.SIGQUIT))

@@ -84,6 +84,36 @@ http {{
     return conf
 
 
+def upstream_block(up_port):
+    """The upstream: nginx answering a fixed 100-byte body."""
+    return f"""
+    server {{
+        listen 127.0.0.1:{up_port} backlog=4096;
+        access_log off;
+        location / {{ default_type text/plain; return 200 "{BODY}"; }}
+    }}"""
+
+
+def proxy_block(ngx_port, up_port):
+    """The reference: nginx proxy_pass with upstream keepalive (its best
+    configuration), setting the same forwarding headers as the sidecar."""
+    return f"""
+    upstream app {{ server 127.0.0.1:{up_port}; keepalive 512; }}
+    server {{
+        listen 127.0.0.1:{ngx_port} backlog=4096;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Request-Id $request_id;
+        }}
+    }}"""
+
+
 def on_cpu(cpu):
     """The command prefix that runs a process on one CPU (None: anywhere)."""
     return ["taskset", "-c", str(cpu)] if cpu is not None else []
@@ -275,28 +305,9 @@ def main():
                                 "--token-lifetime", "3600s"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
         procs.append((emp, signal.SIGTERM))
-        up = start_nginx(nginx_conf(tmp, "upstream", f"""
-    server {{
-        listen 127.0.0.1:{up_port} backlog=4096;
-        access_log off;
-        location / {{ default_type text/plain; return 200 "{BODY}"; }}
-    }}""", workers=nginx_workers), cpu=server_cpu)
+        up = start_nginx(nginx_conf(tmp, "upstream", upstream_block(up_port), workers=nginx_workers), cpu=server_cpu)
         procs.append((up, signal.SIGQUIT))  # nginx drains on SIGQUIT
-        ngx = start_nginx(nginx_conf(tmp, "proxy", f"""
-    upstream app {{ server 127.0.0.1:{up_port}; keepalive 512; }}
-    server {{
-        listen 127.0.0.1:{ngx_port} backlog=4096;
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $host;
-            proxy_set_header X-Request-Id $request_id;
-        }}
-    }}""", workers=nginx_workers), cpu=server_cpu)
+        ngx = start_nginx(nginx_conf(tmp, "proxy", proxy_block(ngx_port, up_port), workers=nginx_workers), cpu=server_cpu)
         procs.append((ngx, signal.SIGQUIT))
         sc_conf = sidecar_conf(
             Path(tmp) / "sidecar.toml", sc_port, up_port, emp_port,
