@@ -25,9 +25,11 @@ use crate::body::{self, Body};
 use crate::config::Config;
 use crate::metrics::{BackchannelResult, LoginResult, Metrics};
 use crate::provider::{Callback, IdpError, LoginRequest, Provider};
-use crate::proxy::headers::X_FORWARDED_ACCESS_TOKEN;
+use crate::proxy::Added;
 use crate::session::cookie::{Cookies, LOGIN_COOKIE_TTL, MAX_LOGIN_COOKIES};
-use crate::session::{IdentityRules, Session, SessionKey, SessionStore, StoreError, Tokens};
+use crate::session::{
+    IdentityRules, Profile, Session, SessionKey, SessionStore, StoreError, Tokens,
+};
 use crate::token_cache::{Fresh, TokenCache};
 use page::ErrorPage;
 
@@ -194,15 +196,11 @@ impl Auth {
     /// Identity headers for the upstream of a bearer-token request: the
     /// claim headers, and the token as `X-Forwarded-Access-Token`; the
     /// client's `Authorization` (the token) goes on as it is.
-    pub fn inject_bearer(&self, h: &mut HeaderMap, verified: &bearer::Verified) {
-        if self.inject_access_token {
-            h.insert(
-                X_FORWARDED_ACCESS_TOKEN.clone(),
-                verified.access_header.clone(),
-            );
-        }
-        for (name, value) in &verified.profile.identity.claim_headers {
-            h.insert(name.clone(), value.clone());
+    pub fn added_bearer<'a>(&self, verified: &'a bearer::Verified) -> Added<'a> {
+        Added {
+            access_token: self.inject_access_token.then_some(&verified.access_header),
+            claims: &verified.profile.identity.claim_headers,
+            ..Added::default()
         }
     }
 
@@ -228,28 +226,27 @@ impl Auth {
         resp
     }
 
-    /// Identity headers for the upstream of an authenticated request. The
-    /// client's versions were removed before (`proxy::headers::strip_spoofable`).
-    pub fn inject(&self, h: &mut HeaderMap, session: &Session, tokens: &Tokens) {
+    /// Identity headers for the upstream of an authenticated request,
+    /// written into its head after the request's own headers. The client's
+    /// versions were removed before (`proxy::headers::strip_spoofable`);
+    /// its `Authorization` goes here, when the session's token replaces it.
+    pub fn added<'a>(
+        &'a self,
+        h: &mut HeaderMap,
+        profile: &'a Profile,
+        tokens: &'a Tokens,
+    ) -> Added<'a> {
         if self.inject_authorization {
-            h.insert(header::AUTHORIZATION, tokens.bearer.clone());
+            h.remove(header::AUTHORIZATION);
         }
-        if self.inject_access_token {
-            h.insert(
-                X_FORWARDED_ACCESS_TOKEN.clone(),
-                tokens.access_header.clone(),
-            );
-        }
-        for (name, value) in &session.profile().identity.claim_headers {
-            h.insert(name.clone(), value.clone());
-        }
-        self.inject_backend(h, tokens);
-    }
-
-    /// `headers.backend_url`: EMP's `oauth2_backend_url` for this session.
-    fn inject_backend(&self, h: &mut HeaderMap, tokens: &Tokens) {
-        if let (Some(name), Some(value)) = (&self.backend_header, &tokens.backend_header) {
-            h.insert(name.clone(), value.clone());
+        Added {
+            authorization: self.inject_authorization.then_some(&tokens.bearer),
+            access_token: self.inject_access_token.then_some(&tokens.access_header),
+            claims: &profile.identity.claim_headers,
+            backend_url: self
+                .backend_header
+                .as_ref()
+                .zip(tokens.backend_header.as_ref()),
         }
     }
 
@@ -273,7 +270,10 @@ impl Auth {
         for (name, value) in &profile.identity.claim_headers {
             h.insert(name.clone(), value.clone());
         }
-        self.inject_backend(h, tokens);
+        // `headers.backend_url`: EMP's `oauth2_backend_url` for this session.
+        if let (Some(name), Some(value)) = (&self.backend_header, &tokens.backend_header) {
+            h.insert(name.clone(), value.clone());
+        }
         resp
     }
 

@@ -42,6 +42,34 @@ pub struct Upstream {
     claim_headers: Vec<HeaderName>,
 }
 
+/// Headers the sidecar adds to a forwarded request (the identity of the
+/// session or bearer token), written straight into the upstream head after
+/// the request's own: no header map to grow. The request holds none of
+/// these names (`strip_spoofable`; `Authorization` removed when replaced).
+#[derive(Clone, Copy, Default)]
+pub struct Added<'a> {
+    pub authorization: Option<&'a HeaderValue>,
+    pub access_token: Option<&'a HeaderValue>,
+    pub claims: &'a [(HeaderName, HeaderValue)],
+    pub backend_url: Option<(&'a HeaderName, &'a HeaderValue)>,
+}
+
+impl<'a> Added<'a> {
+    pub fn iter(self) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> {
+        static AUTHORIZATION: HeaderName = header::AUTHORIZATION;
+        let fixed = [
+            self.authorization.map(|v| (&AUTHORIZATION, v)),
+            self.access_token
+                .map(|v| (&headers::X_FORWARDED_ACCESS_TOKEN, v)),
+        ];
+        fixed
+            .into_iter()
+            .flatten()
+            .chain(self.claims.iter().map(|(n, v)| (n, v)))
+            .chain(self.backend_url)
+    }
+}
+
 /// What the proxy needs to know about the client's connection.
 pub struct ClientInfo<'a> {
     /// The client's IP address, as header text (`X-Forwarded-For`).
@@ -105,6 +133,7 @@ impl Upstream {
         &self,
         mut req: Request<Incoming>,
         client: ClientInfo<'_>,
+        added: Added<'_>,
         tasks: &TaskTracker,
     ) -> Result<(Response<Body>, Duration), ProxyError> {
         if req.method() == Method::CONNECT {
@@ -134,7 +163,9 @@ impl Upstream {
 
         let (body, sent) = SentBody::new(body, self.body_read_timeout);
         let started = Instant::now();
-        let request = self.pool.send(Request::from_parts(parts, body), started);
+        let request = self
+            .pool
+            .send(Request::from_parts(parts, body), added, started);
         // The response-head timeout runs from the moment the request body has
         // been sent in full, so a long upload is not mistaken for a slow app.
         let timeout = self.response_header_timeout;

@@ -25,7 +25,7 @@ use crate::error::{ProxyError, chain};
 use crate::metrics::{ClientErrorKind, Metrics, RouteClass};
 use crate::path;
 use crate::proxy::headers::X_REQUEST_ID;
-use crate::proxy::{ClientInfo, Upstream};
+use crate::proxy::{Added, ClientInfo, Upstream};
 use crate::session::Profile;
 
 /// Which socket a connection came in on.
@@ -411,12 +411,13 @@ impl App {
             },
             Route::Protected => match self.auth.decide(req.headers()).await {
                 Decision::Authenticated { session, tokens } => {
-                    if !self.allowed(&session.profile(), Check::Path(req.uri().path())) {
+                    let profile = arc_swap::Guard::into_inner(session.profile());
+                    if !self.allowed(&profile, Check::Path(req.uri().path())) {
                         let rid = request_id.to_str().unwrap_or_default();
                         return Ok((self.auth.forbidden(&req, &session, rid), None));
                     }
-                    self.auth.inject(req.headers_mut(), &session, &tokens);
-                    self.proxy(conn, req, request_id).await
+                    let added = self.auth.added(req.headers_mut(), &profile, &tokens);
+                    self.proxy(conn, req, request_id, added).await
                 }
                 // An API client's own token (`[bearer]`): checked, never
                 // stored as a session; a bad one is 401, never a login.
@@ -433,8 +434,8 @@ impl App {
                     if !self.allowed(&verified.profile, Check::Path(req.uri().path())) {
                         return Err(ProxyError::Forbidden);
                     }
-                    self.auth.inject_bearer(req.headers_mut(), &verified);
-                    self.proxy(conn, req, request_id).await
+                    let added = self.auth.added_bearer(&verified);
+                    self.proxy(conn, req, request_id, added).await
                 }
                 Decision::NeedsLogin
                     if auth::is_browser_navigation(req.method(), req.headers()) =>
@@ -448,7 +449,7 @@ impl App {
                 Decision::IdpUnavailable(e) => Err(ProxyError::IdpUnavailable(e)),
                 Decision::StoreUnavailable(e) => Err(ProxyError::StoreUnavailable(e)),
             },
-            Route::Public => self.proxy(conn, req, request_id).await,
+            Route::Public => self.proxy(conn, req, request_id, Added::default()).await,
         }
     }
 
@@ -490,17 +491,20 @@ impl App {
         conn: &'a Conn,
         req: Request<Incoming>,
         request_id: &'a HeaderValue,
+        added: Added<'a>,
     ) -> impl Future<Output = Result<(Response<Body>, Option<Duration>), ProxyError>> + 'a {
         let client = ClientInfo {
             ip: &conn.peer_ip,
             tls: conn.tls,
             request_id,
         };
-        self.upstream.forward(req, client, &self.tasks).map(|res| {
-            let (resp, upstream) = res?;
-            self.metrics.observe_upstream(upstream.as_secs_f64());
-            Ok((resp, Some(upstream)))
-        })
+        self.upstream
+            .forward(req, client, added, &self.tasks)
+            .map(|res| {
+                let (resp, upstream) = res?;
+                self.metrics.observe_upstream(upstream.as_secs_f64());
+                Ok((resp, Some(upstream)))
+            })
     }
 }
 

@@ -779,6 +779,8 @@ async fn spoofed_identity_headers_are_replaced_on_authenticated_and_stripped_on_
     assert_ne!(seen(&echo, "x-emp-backend-url"), ["https://evil.example/"]);
     let token = bearer(&echo);
     assert_ne!(token, "forged");
+    // The client's Authorization is replaced, not joined by the session's.
+    assert_eq!(seen(&echo, "authorization"), [format!("Bearer {token}")]);
     assert_eq!(seen(&echo, "x-forwarded-access-token"), [token]);
 
     let echo: Value = spoof(http_client().get(w.sc.url("/public/echo")))

@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::Added;
 use super::upstream::SentBody;
 use crate::body::BoxError;
 
@@ -193,7 +194,7 @@ pub struct Upload {
 impl Upload {
     /// Encodes the request head. `parts.uri` is in origin form and
     /// `parts.headers` hold no hop-by-hop headers but the upgrade's.
-    pub fn new(parts: &http::request::Parts, body: SentBody) -> Upload {
+    pub fn new(parts: &http::request::Parts, added: Added<'_>, body: SentBody) -> Upload {
         let (body, framing) = if body.is_end_stream() {
             (None, UploadFraming::Length)
         } else if parts.headers.contains_key(header::CONTENT_LENGTH)
@@ -214,13 +215,13 @@ impl Upload {
             consumed: false,
             done: false,
         };
-        upload.encode_head(parts);
+        upload.encode_head(parts, added);
         upload
     }
 
     /// The head into a buffer this thread's last head used (the head is
     /// written at once and the buffer given back, so one is enough).
-    fn encode_head(&mut self, parts: &http::request::Parts) {
+    fn encode_head(&mut self, parts: &http::request::Parts, added: Added<'_>) {
         let mut out = SPARE_HEAD.take();
         out.clear();
         out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -228,7 +229,7 @@ impl Upload {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &parts.headers {
+        for (name, value) in parts.headers.iter().chain(added.iter()) {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
@@ -735,8 +736,8 @@ impl Upload {
 
     /// Starts over on another connection; only when [`may_retry`] said so,
     /// so no body byte has been taken yet.
-    pub fn rewind(&mut self, parts: &http::request::Parts) {
-        self.encode_head(parts);
+    pub fn rewind(&mut self, parts: &http::request::Parts, added: Added<'_>) {
+        self.encode_head(parts, added);
         self.head_written = false;
         self.done = false;
     }

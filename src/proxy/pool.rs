@@ -23,6 +23,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::Added;
 use super::h1::{self, BodyReader, Conn, Io, Upload};
 use super::upstream::SentBody;
 use crate::body::BoxError;
@@ -87,10 +88,11 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         req: Request<SentBody>,
+        added: Added<'_>,
         now: Instant,
     ) -> Result<Answer, PoolError> {
         let (parts, body) = req.into_parts();
-        let mut upload = Upload::new(&parts, body);
+        let mut upload = Upload::new(&parts, added, body);
         loop {
             let (mut conn, reused) = match self.checkout(now) {
                 Some(conn) => (conn, true),
@@ -101,7 +103,7 @@ impl Pool {
             let head = match h1::exchange(&mut conn, &mut upload, &parts.method).await {
                 Ok(head) => head,
                 Err(e) if reused && h1::may_retry(&e, &upload, &parts.method) => {
-                    upload.rewind(&parts);
+                    upload.rewind(&parts, added);
                     continue;
                 }
                 Err(e) => return Err(PoolError::Exchange(e)),
