@@ -39,14 +39,7 @@ import overhead as o  # noqa: E402  (the shared helpers: wrk, nginx, login)
 
 ROOT = o.ROOT
 
-RULES = """
-[authorization]
-allowed_email_domains = ["example.com"]
-[[authorization.rules]]
-path = "^/admin/"
-allowed_groups = ["admins"]
-claims = { "/country" = ["KR", "US"] }
-"""
+RULES = "\n" + (Path(__file__).resolve().parent / "authz_rules.toml").read_text()
 
 
 def main():
@@ -55,9 +48,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     conns_list = [16, 128]
-    subprocess.run([str(ROOT / "scripts/ensure-packages"), "nginx:nginx", "wrk:wrk"], check=True)
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
-    binary = str(ROOT / "target/release/emp-sidecar")
+    binary = o.prepare("nginx:nginx", "wrk:wrk")
     tmp = tempfile.mkdtemp(prefix="emp-bench-authz-")
     procs = []
     try:

@@ -14,20 +14,19 @@ use emp_sidecar::authz::Policy;
 use emp_sidecar::config::Config;
 use emp_sidecar::session::Identity;
 
-const RULES: &str = r#"
+/// The configuration: the rules of `benches/authz.py`, shared through
+/// `benches/authz_rules.toml`.
+const RULES: &str = concat!(
+    r#"
 [provider]
 base_url = "https://emp.example"
 client_id = "k"
 redirect_url = "https://a.example/oauth2/callback"
 [session]
 cookie_secret = "YmVuY2gtb25seS1jb29raWUtc2VjcmV0LTMyLWJ5dGVz"
-[authorization]
-allowed_email_domains = ["example.com"]
-[[authorization.rules]]
-path = "^/admin/"
-allowed_groups = ["admins"]
-claims = { "/country" = ["KR", "US"] }
-"#;
+"#,
+    include_str!("authz_rules.toml")
+);
 
 fn main() {
     let policy = Policy::new(&Config::from_toml_str(RULES).expect("valid"));

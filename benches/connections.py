@@ -82,8 +82,7 @@ def main():
     # The hard limit here is 20 000: enough for 10 000 on each side.
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    subprocess.run([str(ROOT / "scripts/ensure-packages"), "nginx:nginx"], check=True)
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
+    binary = o.prepare("nginx:nginx")
     tmp = tempfile.mkdtemp(prefix="emp-bench-conns-")
     procs = []
     try:
@@ -115,7 +114,7 @@ cookie_secret = "YmVuY2gtb25seS1jb29raWUtc2VjcmV0LTMyLWJ5dGVz"
 [routes]
 skip_auth = ["^/public/"]
 """)
-        sc = subprocess.Popen([str(ROOT / "target/release/emp-sidecar"), "--config", str(conf)],
+        sc = subprocess.Popen([binary, "--config", str(conf)],
                               stdout=subprocess.DEVNULL)
         procs.append((sc, signal.SIGTERM))
         for p in (up_port, ngx_port, sc_port):

@@ -92,10 +92,7 @@ def main():
                     help="copy each target's dump here (for callgrind_annotate)")
     args = ap.parse_args()
     only = args.only.split(",")
-    subprocess.run([str(ROOT / "scripts/ensure-packages"), "nginx:nginx", "wrk:wrk",
-                    "valgrind:valgrind"], check=True)
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
-    binary = str(ROOT / "target/release/emp-sidecar")
+    binary = o.prepare("nginx:nginx", "wrk:wrk", "valgrind:valgrind")
     tmp = tempfile.mkdtemp(prefix="emp-instr-")
     procs = []
     try:

@@ -84,6 +84,14 @@ http {{
     return conf
 
 
+def prepare(*packages):
+    """Installs Debian packages whose command is missing (`cmd:package`),
+    builds the release binary, and returns its path."""
+    subprocess.run([str(ROOT / "scripts/ensure-packages"), *packages], check=True)
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
+    return str(ROOT / "target/release/emp-sidecar")
+
+
 def upstream_block(up_port):
     """The upstream: nginx answering a fixed 100-byte body."""
     return f"""
@@ -292,15 +300,13 @@ def main():
     if args.pin:
         args.workers = 1
 
-    subprocess.run([str(ROOT / "scripts/ensure-packages"), "nginx:nginx", "wrk:wrk"], check=True)
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
-    binary = ROOT / "target/release/emp-sidecar"
+    binary = prepare("nginx:nginx", "wrk:wrk")
 
     tmp = tempfile.mkdtemp(prefix="emp-bench-")
     procs = []
     try:
         up_port, ngx_port, sc_port, emp_port = free_port(), free_port(), free_port(), free_port()
-        emp = subprocess.Popen([*on_cpu(server_cpu), str(binary), "mock-emp", "--listen",
+        emp = subprocess.Popen([*on_cpu(server_cpu), binary, "mock-emp", "--listen",
                                 f"127.0.0.1:{emp_port}",
                                 "--token-lifetime", "3600s"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -313,7 +319,7 @@ def main():
             Path(tmp) / "sidecar.toml", sc_port, up_port, emp_port,
             server=f"workers = {args.workers}" if args.workers is not None else "")
         sc_log = open(Path(tmp) / "sidecar.log", "w")
-        sc = subprocess.Popen([*on_cpu(server_cpu), str(binary), "--config", str(sc_conf)],
+        sc = subprocess.Popen([*on_cpu(server_cpu), binary, "--config", str(sc_conf)],
                               stdout=sc_log,
                               stderr=subprocess.STDOUT)
         procs.append((sc, signal.SIGTERM))

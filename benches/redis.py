@@ -71,10 +71,7 @@ def main():
     ap.add_argument("--connections", default="16,128")
     args = ap.parse_args()
     conns_list = [int(c) for c in args.connections.split(",")]
-    subprocess.run([str(ROOT / "scripts/ensure-packages"), "nginx:nginx", "wrk:wrk",
-                    "redis-server:redis-server"], check=True)
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
-    binary = str(ROOT / "target/release/emp-sidecar")
+    binary = o.prepare("nginx:nginx", "wrk:wrk", "redis-server:redis-server")
     tmp = tempfile.mkdtemp(prefix="emp-bench-redis-")
     procs = []
     try:

@@ -93,9 +93,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=600)
     args = ap.parse_args()
-    subprocess.run([str(ROOT / "scripts/ensure-packages"), "nginx:nginx", "wrk:wrk"], check=True)
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
-    binary = str(ROOT / "target/release/emp-sidecar")
+    binary = o.prepare("nginx:nginx", "wrk:wrk")
     tmp = tempfile.mkdtemp(prefix="emp-soak-")
     procs, stop = [], threading.Event()
     counts = {"logins": 0, "slow_heads": 0, "slow_uploads": 0, "ws_sessions": 0,
