@@ -257,26 +257,14 @@ impl Upload {
 
     /// Writes what there is to write; `Ready(Ok)` once all is out.
     pub fn poll_send(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        while !self.head_written {
-            let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.head[self.head_sent..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(Error::Io(io::ErrorKind::WriteZero.into())));
-            }
-            self.head_sent += n;
-            if self.head_sent == self.head.len() {
-                SPARE_HEAD.set(std::mem::take(&mut self.head));
-                self.head_sent = 0;
-                self.head_written = true;
-            }
+        if !self.head_written {
+            ready!(poll_write_all(io, cx, &self.head, &mut self.head_sent))?;
+            SPARE_HEAD.set(std::mem::take(&mut self.head));
+            self.head_sent = 0;
+            self.head_written = true;
         }
         loop {
-            while self.sent < self.out.len() {
-                let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.sent..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(Error::Io(io::ErrorKind::WriteZero.into())));
-                }
-                self.sent += n;
-            }
+            ready!(poll_write_all(io, cx, &self.out, &mut self.sent))?;
             self.out.clear();
             self.sent = 0;
             if self.done {
@@ -322,6 +310,23 @@ thread_local! {
     /// The buffer of the last request head written on this thread, kept
     /// for the next: a head costs no allocation.
     static SPARE_HEAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Writes `buf[*sent..]`, keeping count in `sent` across `Pending`.
+fn poll_write_all(
+    io: &mut Io,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+    sent: &mut usize,
+) -> Poll<Result<(), Error>> {
+    while *sent < buf.len() {
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, &buf[*sent..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(Error::Io(io::ErrorKind::WriteZero.into())));
+        }
+        *sent += n;
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// `n` in lower-case hex, for a chunk-size line.
@@ -614,17 +619,15 @@ impl BodyReader {
             match self.decoder {
                 Decoder::Done => return Ok(None),
                 Decoder::Length(left) => {
-                    if buf.is_empty() {
+                    let Some((data, left)) = take_up_to(buf, left) else {
                         return Ok(None);
-                    }
-                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let left = left - n as u64;
+                    };
                     self.decoder = if left == 0 {
                         Decoder::Done
                     } else {
                         Decoder::Length(left)
                     };
-                    return Ok(Some(buf.split_to(n).freeze()));
+                    return Ok(Some(data));
                 }
                 Decoder::Close => {
                     if buf.is_empty() {
@@ -648,17 +651,15 @@ impl BodyReader {
                     });
                 }
                 Decoder::Chunked(Chunk::Data(left)) => {
-                    if buf.is_empty() {
+                    let Some((data, left)) = take_up_to(buf, left) else {
                         return Ok(None);
-                    }
-                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let left = left - n as u64;
+                    };
                     self.decoder = Decoder::Chunked(if left == 0 {
                         Chunk::DataEnd
                     } else {
                         Chunk::Data(left)
                     });
-                    return Ok(Some(buf.split_to(n).freeze()));
+                    return Ok(Some(data));
                 }
                 Decoder::Chunked(Chunk::DataEnd) => {
                     if buf.len() < 2 {
@@ -691,6 +692,16 @@ impl BodyReader {
             }
         }
     }
+}
+
+/// What `buf` holds of the `left` bytes still due, split off, and how many
+/// are due after it; `None` when `buf` is empty.
+fn take_up_to(buf: &mut BytesMut, left: u64) -> Option<(Bytes, u64)> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    Some((buf.split_to(n).freeze(), left - n as u64))
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
