@@ -21,6 +21,7 @@
 //! connections at the head timeout.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -83,6 +84,12 @@ pub enum Expired {
     /// written: an HTTP/1 connection can give its buffers back
     /// (`server/park.rs`). Reported once per quiet spell.
     Quiet,
+    /// The client hung up (or shut its side) while a request was in
+    /// flight: drop the connection, and with it the upstream request, as
+    /// nginx does unless told `proxy_ignore_client_abort`. Only for
+    /// connections whose socket the watchdog was given
+    /// ([`Watchdog::watch_peer`]).
+    ClientGone,
 }
 
 /// How long an HTTP/1 connection stays quiet before its buffers are freed.
@@ -104,6 +111,8 @@ pub struct Watchdog {
     heading: u128,
     /// `Quiet` was reported in this quiet spell.
     reported: bool,
+    /// The client's socket, peeked at each tick while a request is in flight.
+    peer: Option<RawFd>,
 }
 
 impl Watchdog {
@@ -124,7 +133,19 @@ impl Watchdog {
             quiet: 0,
             heading: 0,
             reported: false,
+            peer: None,
         }
+    }
+
+    /// Checks at each tick whether the client behind `fd` hung up while a
+    /// request is in flight ([`Expired::ClientGone`]). For plain HTTP/1
+    /// connections served with hyper's `half_close`: hyper then does not
+    /// read the socket while a request is in flight, which spares it a new
+    /// read buffer for every request (benches/README.md, issue 15), and the
+    /// watchdog notices a client that left, at most a tick late. `fd` must
+    /// stay open as long as this watchdog is polled.
+    pub fn watch_peer(&mut self, fd: RawFd) {
+        self.peer = Some(fd);
     }
 
     /// How long the connection may stay idle from now: what a parked
@@ -143,6 +164,9 @@ impl Watchdog {
             let activity = &self.activity;
             let started = activity.started.load(Ordering::Relaxed);
             let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+            if busy && self.peer.is_some_and(peer_hung_up) {
+                return Expired::ClientGone;
+            }
             if started != self.last_started || busy {
                 self.quiet = 0;
                 self.reported = false;
@@ -173,6 +197,37 @@ impl Watchdog {
             }
         }
     }
+}
+
+/// Whether the peer of the socket `fd` has closed or shut its sending side
+/// (a read would see the end of the stream) or reset the connection.
+/// Bytes waiting to be read (a pipelined request) are not a hang-up.
+#[cfg(target_os = "linux")]
+fn peer_hung_up(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `recv` writes at most one byte into `byte`, which outlives the
+    // call; `fd` is a socket its connection keeps open (`watch_peer`).
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => !matches!(
+            io::Error::last_os_error().kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn peer_hung_up(_fd: RawFd) -> bool {
+    false
 }
 
 /// Resolves when the connection has been idle for `idle` or has been

@@ -54,12 +54,30 @@ pub fn response(
     resp
 }
 
+/// The request path kept for the access log: a copy, inline when short.
+/// Not a clone of the request's `Uri`: that shares hyper's read buffer, and
+/// while the record lives (until the response body is done) hyper cannot
+/// reuse the buffer for the next request and allocates a new one
+/// (benches/README.md, issue 15).
+pub struct LoggedPath(smallvec::SmallVec<[u8; 64]>);
+
+impl LoggedPath {
+    pub fn new(path: &str) -> LoggedPath {
+        LoggedPath(smallvec::SmallVec::from_slice(path.as_bytes()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Built from a `&str` only.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 /// What the access-log line and the metrics need to know about one request.
 pub struct RequestRecord {
     pub start: Instant,
     pub method: Method,
     /// Only its path is logged: the query may carry codes or tokens.
-    pub uri: http::Uri,
+    pub path: LoggedPath,
     pub request_id: http::HeaderValue,
     pub route: RouteClass,
     pub status: u16,
@@ -80,7 +98,7 @@ impl Drop for RequestRecord {
         let request_id = self.request_id.to_str().unwrap_or_default();
         let entry = crate::access_log::Entry {
             method: &self.method,
-            path: self.uri.path(),
+            path: self.path.as_str(),
             status: self.status,
             route: self.route,
             duration: total,
@@ -94,7 +112,7 @@ impl Drop for RequestRecord {
         tracing::info!(
             target: "emp_sidecar::access",
             method = %self.method,
-            path = %self.uri.path(),
+            path = %self.path.as_str(),
             status = self.status,
             route = self.route.as_str(),
             duration_ms = total.as_secs_f64() * 1000.0,

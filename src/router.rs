@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Auth, Decision};
 use crate::authz::Policy;
-use crate::body::{self, Body, Recorded, RequestRecord};
+use crate::body::{self, Body, LoggedPath, Recorded, RequestRecord};
 use crate::config::{Config, PathNormalization};
 use crate::error::{ProxyError, chain};
 use crate::metrics::{ClientErrorKind, Metrics, RouteClass};
@@ -208,7 +208,7 @@ impl App {
         let mut record = RequestRecord {
             start,
             method: req.method().clone(),
-            uri: req.uri().clone(),
+            path: LoggedPath::new(req.uri().path()),
             request_id: request_id.clone(),
             route: route.class(),
             status: 0,

@@ -372,6 +372,13 @@ fn hard_limit(config: &Config) -> usize {
 fn http1_builder(config: &Config) -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
     http1_settings!(b, config);
+    // Without it, hyper reads the socket while a request is in flight to
+    // see the client leave, and so reserves a fresh read buffer for every
+    // request (the request still holds the old one): 1 300 instructions and
+    // an 8 KiB allocation a request (benches/README.md, issue 15). The
+    // connection's watchdog watches for the client leaving instead
+    // (`activity::Expired::ClientGone`).
+    b.half_close(true);
     b
 }
 
@@ -639,9 +646,10 @@ async fn serve_io<I>(
                     tracing::debug!("request head not complete within header_read_timeout");
                     return;
                 }
-                // `activity::watchdog` never reports it: TLS and HTTP/2
-                // connections are not parked.
-                activity::Expired::Quiet => {}
+                // `activity::watchdog` never reports these: TLS and HTTP/2
+                // connections are not parked, and hyper watches their
+                // clients itself.
+                activity::Expired::Quiet | activity::Expired::ClientGone => {}
             },
         }
     }

@@ -220,6 +220,45 @@ async fn a_stalled_upload_gets_408_and_frees_its_upstream_connection() {
 }
 
 #[tokio::test]
+async fn a_client_that_hangs_up_mid_request_ends_its_upstream_request() {
+    // The app never answers; the client leaves. The sidecar notices (its
+    // connection watchdog, within a tick) and closes the upstream
+    // connection, long before the response-head timeout would.
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_url = format!("http://{}", app.local_addr().unwrap());
+    let sc =
+        Sidecar::start(&Conf::new(&app_url).upstream("response_header_timeout = \"60s\"")).await;
+    let mut client = TcpStream::connect(sc.addr).await.unwrap();
+    client
+        .write_all(b"GET /public/slow HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut upstream, _) = tokio::time::timeout(Duration::from_secs(10), app.accept())
+        .await
+        .expect("the sidecar connects to the app")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), upstream.read(&mut buf))
+            .await
+            .expect("the request head is relayed")
+            .unwrap();
+        assert!(n > 0, "the sidecar closed before relaying the head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.starts_with(b"GET /public/slow HTTP/1.1\r\n"));
+    drop(client);
+    let started = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), upstream.read(&mut buf))
+        .await
+        .expect("the upstream request ends once the client has gone");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    sc.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_slow_app_reading_the_upload_is_not_a_stalled_client() {
     // The body timeout runs only while the sidecar waits for the client:
     // an upload the app reads slowly, through backpressure, passes.

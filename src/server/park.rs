@@ -17,6 +17,7 @@
 //! auto builder); [`Rewind`] hands them to hyper again.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -148,6 +149,9 @@ pub(super) async fn serve_h1(
     let server = &worker.app.config.server;
     let mut watchdog =
         activity::Watchdog::new(activity, server.idle_timeout, server.header_read_timeout);
+    // hyper serves these with `half_close`: the watchdog notices a client
+    // that leaves mid-request. The socket lives as long as this function.
+    watchdog.watch_peer(io.get_ref().inner.as_raw_fd());
     let mut stop = worker.stop.clone();
     loop {
         // Serving: hyper has the socket.
@@ -177,6 +181,10 @@ pub(super) async fn serve_h1(
                     activity::Expired::Idle => {
                         Pin::new(&mut *connection).graceful_shutdown();
                         closing = true;
+                    }
+                    activity::Expired::ClientGone => {
+                        tracing::debug!("the client hung up while its request was in flight");
+                        return;
                     }
                     // No request in flight: drop the connection, mid-head.
                     activity::Expired::Head => {
