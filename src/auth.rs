@@ -227,18 +227,10 @@ impl Auth {
     }
 
     /// Identity headers for the upstream of an authenticated request,
-    /// written into its head after the request's own headers. The client's
-    /// versions were removed before (`proxy::headers::strip_spoofable`);
-    /// its `Authorization` goes here, when the session's token replaces it.
-    pub fn added<'a>(
-        &'a self,
-        h: &mut HeaderMap,
-        profile: &'a Profile,
-        tokens: &'a Tokens,
-    ) -> Added<'a> {
-        if self.inject_authorization {
-            h.remove(header::AUTHORIZATION);
-        }
+    /// written into its head after the request's own headers, whose
+    /// versions of them never pass (`proxy::headers::UpstreamHead`); the
+    /// client's `Authorization` neither, when the session's token replaces it.
+    pub fn added<'a>(&'a self, profile: &'a Profile, tokens: &'a Tokens) -> Added<'a> {
         Added {
             authorization: self.inject_authorization.then_some(&tokens.bearer),
             access_token: self.inject_access_token.then_some(&tokens.access_header),

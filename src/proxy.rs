@@ -44,8 +44,8 @@ pub struct Upstream {
 
 /// Headers the sidecar adds to a forwarded request (the identity of the
 /// session or bearer token), written straight into the upstream head after
-/// the request's own: no header map to grow. The request holds none of
-/// these names (`strip_spoofable`; `Authorization` removed when replaced).
+/// the request's own, whose versions of these names never pass
+/// ([`headers::UpstreamHead`]; `Authorization` when replaced).
 #[derive(Clone, Copy, Default)]
 pub struct Added<'a> {
     pub authorization: Option<&'a HeaderValue>,
@@ -121,12 +121,6 @@ impl Upstream {
         self.pool.clone().reap_idle()
     }
 
-    /// Removes the identity headers the sidecar owns from a request that
-    /// will be forwarded (skip-auth routes included), before any are injected.
-    pub fn strip_spoofable(&self, headers: &mut http::HeaderMap) {
-        headers::strip_spoofable(headers, &self.claim_headers);
-    }
-
     /// Forwards `req` and returns the upstream's response (body streaming)
     /// and the time the upstream took to send its response head.
     pub async fn forward(
@@ -150,22 +144,46 @@ impl Upstream {
             && headers::upgrade_allowed(req.headers(), &self.allowed_upgrades);
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         // HTTP/2 clients name the host in :authority, HTTP/1.1 in Host.
-        let client_host = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| client_uri_authority(&parts.uri));
-        parts.uri = self.upstream_uri(&parts.uri)?;
-        self.filter_request_headers(&mut parts.headers, upgrading, &client, client_host.as_ref());
-        parts.version = Version::HTTP_11;
-
+        let authority;
+        let client_host = match parts.headers.get(header::HOST) {
+            Some(host) => Some(host),
+            None => {
+                authority = client_uri_authority(&parts.uri);
+                authority.as_ref()
+            }
+        };
+        let target = self.upstream_uri(&parts.uri)?;
+        let head = headers::UpstreamHead {
+            headers: &parts.headers,
+            upgrading,
+            claim_headers: &self.claim_headers,
+            cookie_name: &self.cookie_name,
+            trust_forwarded: self.trust_forwarded,
+            host: match (self.host_header, client_host) {
+                (HostHeader::Client, Some(client_host)) => client_host,
+                _ => &self.host,
+            },
+            client_ip: client.ip,
+            proto: if client.tls { "https" } else { "http" },
+            client_host,
+            request_id: client.request_id,
+            added,
+        };
+        let write_head = |out: &mut Vec<u8>| head.write(out);
         let (body, sent) = SentBody::new(body, self.body_read_timeout);
         let started = Instant::now();
-        let request = self
-            .pool
-            .send(Request::from_parts(parts, body), added, started);
+        let request = self.pool.send(
+            pool::Outgoing {
+                method: &parts.method,
+                target: &target,
+                has_length: parts.headers.contains_key(header::CONTENT_LENGTH),
+                headers: &write_head,
+            },
+            body,
+            started,
+        );
         // The response-head timeout runs from the moment the request body has
         // been sent in full, so a long upload is not mistaken for a slow app.
         let timeout = self.response_header_timeout;
@@ -201,7 +219,7 @@ impl Upstream {
 
     /// The request target sent upstream, in origin form (`/path?query`),
     /// under the upstream URL's path prefix when it has one.
-    fn upstream_uri(&self, client_uri: &Uri) -> Result<Uri, ProxyError> {
+    fn upstream_uri(&self, client_uri: &Uri) -> Result<PathAndQuery, ProxyError> {
         let pq = client_uri.path_and_query().ok_or(ProxyError::BadRequest(
             ClientErrorKind::Request,
             "the request target must be a path",
@@ -213,26 +231,7 @@ impl Upstream {
                 ProxyError::BadRequest(ClientErrorKind::Request, "invalid request target")
             })?
         };
-        Ok(Uri::from(pq))
-    }
-
-    fn filter_request_headers(
-        &self,
-        h: &mut http::HeaderMap,
-        upgrading: bool,
-        client: &ClientInfo<'_>,
-        client_host: Option<&HeaderValue>,
-    ) {
-        headers::strip_hop_by_hop(h, upgrading);
-        headers::strip_own_cookies(h, &self.cookie_name);
-        let proto = if client.tls { "https" } else { "http" };
-        headers::set_forwarded(h, client.ip, proto, client_host, self.trust_forwarded);
-        let host = match (self.host_header, client_host) {
-            (HostHeader::Client, Some(client_host)) => client_host.clone(),
-            _ => self.host.clone(),
-        };
-        h.insert(header::HOST, host);
-        h.insert(headers::X_REQUEST_ID.clone(), client.request_id.clone());
+        Ok(pq)
     }
 }
 

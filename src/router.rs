@@ -287,14 +287,9 @@ impl App {
         &self,
         route: Route,
         conn: &Conn,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         request_id: &HeaderValue,
     ) -> Result<(Response<Body>, Option<Duration>), ProxyError> {
-        if matches!(route, Route::Public | Route::Protected) {
-            // Identity headers are the proxy's to set: the upstream never
-            // gets the client's, whatever the route.
-            self.upstream.strip_spoofable(req.headers_mut());
-        }
         let local = |status, content_type, text: Vec<u8>| {
             Ok((body::response(status, content_type, text), None))
         };
@@ -416,7 +411,7 @@ impl App {
                         let rid = request_id.to_str().unwrap_or_default();
                         return Ok((self.auth.forbidden(&req, &session, rid), None));
                     }
-                    let added = self.auth.added(req.headers_mut(), &profile, &tokens);
+                    let added = self.auth.added(&profile, &tokens);
                     self.proxy(conn, req, request_id, added).await
                 }
                 // An API client's own token (`[bearer]`): checked, never

@@ -29,7 +29,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::Added;
 use super::upstream::SentBody;
 use crate::body::BoxError;
 
@@ -167,6 +166,20 @@ impl Conn {
     }
 }
 
+/// A request as it goes out: its request line's parts and what writes its
+/// header lines (`name: value\r\n` each; the framing headers excepted,
+/// which [`Upload`] adds).
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// In origin form (`/path?query`).
+    pub target: &'a http::uri::PathAndQuery,
+    /// The request's headers declare its body's length (`Content-Length`),
+    /// and the header lines carry it.
+    pub has_length: bool,
+    pub headers: &'a (dyn Fn(&mut Vec<u8>) + Sync),
+}
+
 /// How the request body goes out.
 enum UploadFraming {
     /// As the client's `Content-Length` (or the body's exact size) says.
@@ -192,14 +205,11 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// Encodes the request head. `parts.uri` is in origin form and
-    /// `parts.headers` hold no hop-by-hop headers but the upgrade's.
-    pub fn new(parts: &http::request::Parts, added: Added<'_>, body: SentBody) -> Upload {
+    /// Encodes the request head.
+    pub fn new(req: Outgoing<'_>, body: SentBody) -> Upload {
         let (body, framing) = if body.is_end_stream() {
             (None, UploadFraming::Length)
-        } else if parts.headers.contains_key(header::CONTENT_LENGTH)
-            || body.size_hint().exact().is_some()
-        {
+        } else if req.has_length || body.size_hint().exact().is_some() {
             (Some(body), UploadFraming::Length)
         } else {
             (Some(body), UploadFraming::Chunked)
@@ -215,33 +225,27 @@ impl Upload {
             consumed: false,
             done: false,
         };
-        upload.encode_head(parts, added);
+        upload.encode_head(req);
         upload
     }
 
     /// The head into a buffer this thread's last head used (the head is
     /// written at once and the buffer given back, so one is enough).
-    fn encode_head(&mut self, parts: &http::request::Parts, added: Added<'_>) {
+    fn encode_head(&mut self, req: Outgoing<'_>) {
         let mut out = SPARE_HEAD.take();
         out.clear();
-        out.extend_from_slice(parts.method.as_str().as_bytes());
+        out.extend_from_slice(req.method.as_str().as_bytes());
         out.push(b' ');
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(req.target.as_str().as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in parts.headers.iter().chain(added.iter()) {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+        (req.headers)(&mut out);
         match (&self.body, &self.framing) {
             (None, _) => {}
             (Some(_), UploadFraming::Chunked) => {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             }
             (Some(body), UploadFraming::Length) => {
-                if !parts.headers.contains_key(header::CONTENT_LENGTH)
+                if !req.has_length
                     && let Some(n) = body.size_hint().exact()
                 {
                     out.extend_from_slice(b"content-length: ");
@@ -747,8 +751,8 @@ impl Upload {
 
     /// Starts over on another connection; only when [`may_retry`] said so,
     /// so no body byte has been taken yet.
-    pub fn rewind(&mut self, parts: &http::request::Parts, added: Added<'_>) {
-        self.encode_head(parts, added);
+    pub fn rewind(&mut self, req: Outgoing<'_>) {
+        self.encode_head(req);
         self.head_written = false;
         self.done = false;
     }

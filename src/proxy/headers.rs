@@ -8,6 +8,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::Added;
+
 /// Headers that only concern one connection, besides those `Connection` lists
 /// and every `Proxy-*` header. (`strip_hop_by_hop` keeps one bit for each,
 /// and bit 5 for `Upgrade`.)
@@ -143,20 +145,6 @@ pub fn is_reserved(name: &HeaderName) -> bool {
         .contains(&name)
 }
 
-/// Removes every header a client could use to pose as an authenticated user:
-/// `X-Auth-Request-*`, `X-Forwarded-Access-Token` and the configured claim
-/// headers, each also when spelled with `_` instead of `-`.
-pub fn strip_spoofable(headers: &mut HeaderMap, claim_headers: &[HeaderName]) {
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_spoofable(k.as_str(), claim_headers))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
-}
-
 fn is_spoofable(name: &str, claim_headers: &[HeaderName]) -> bool {
     // Header names are lower case in a HeaderMap; compare with `_` read as `-`.
     let same = |a: &str, b: &str| {
@@ -171,41 +159,184 @@ fn is_spoofable(name: &str, claim_headers: &[HeaderName]) -> bool {
         || claim_headers.iter().any(|c| same(name, c.as_str()))
 }
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. Unless the client is a
-/// trusted proxy, whatever the client sent is replaced, not appended to.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    client_ip: &HeaderValue,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-    trust_client: bool,
-) {
-    let prior = trust_client
-        .then(|| joined(headers, &X_FORWARDED_FOR))
-        .flatten();
-    let xff = match prior {
-        Some(prior) => {
-            let ip = client_ip.to_str().unwrap_or_default();
-            HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
-        }
-        None => Some(client_ip.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    if !(trust_client && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    }
-    if !(trust_client && headers.contains_key(&X_FORWARDED_HOST)) {
-        match host {
-            Some(h) => {
-                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+/// Everything that decides the header lines of a request sent upstream:
+/// the client's headers, which pass through [`UpstreamHead::write`]'s
+/// filter, and the lines the proxy sets itself.
+pub struct UpstreamHead<'a> {
+    /// The client's headers, as hyper parsed them (nothing removed).
+    pub headers: &'a HeaderMap,
+    /// The request switches protocols (an allowed `Upgrade`).
+    pub upgrading: bool,
+    /// The configured claim headers and the backend URL header: a client
+    /// could pose with them, so the client's never pass.
+    pub claim_headers: &'a [HeaderName],
+    /// The session cookie's name: it and `name_*` never reach the app.
+    pub cookie_name: &'a str,
+    /// `server.trust_forwarded_headers`: the client's `X-Forwarded-*` are
+    /// extended or kept instead of replaced.
+    pub trust_forwarded: bool,
+    pub host: &'a HeaderValue,
+    pub client_ip: &'a HeaderValue,
+    pub proto: &'static str,
+    /// The host the client addressed (`Host` or HTTP/2 `:authority`).
+    pub client_host: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
+    /// The identity of the session or bearer token.
+    pub added: Added<'a>,
+}
+
+impl UpstreamHead<'_> {
+    /// Appends the header lines (`name: value\r\n` each) to `out`:
+    /// - `Host` first, then the client's headers in their order except the
+    ///   ones the proxy owns: hop-by-hop headers (RFC 9110 §7.6.1: the fixed
+    ///   ones, every `Proxy-*`, those `Connection` lists; `Upgrade` unless
+    ///   upgrading), the identity headers the sidecar injects (also spelled
+    ///   with `_`, which CGI/WSGI apps read alike), `Host`, `X-Request-Id`,
+    ///   `X-Forwarded-*`, and `Authorization` when the session's token
+    ///   replaces it;
+    /// - the client's cookies in one `Cookie` line, without the sidecar's
+    ///   own (`name` and `name_*`, e.g. the CSRF cookie); none left, no line;
+    /// - `X-Forwarded-For` (the client's address; appended to the client's
+    ///   list when trusted), `-Proto` and `-Host` (the client's kept when
+    ///   trusted), `X-Request-Id`, `Connection: upgrade` when upgrading, and
+    ///   the identity headers.
+    ///
+    /// Written straight from the client's header map, which is never
+    /// modified: no removals and inserts that hash, shift and grow it
+    /// (benches/README.md, issue 15).
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let h = self.headers;
+        // The rare cases that need the whole head first: names `Connection`
+        // lists, and the client's forwarding headers when trusted.
+        let listed: Vec<&str> = match h.get(header::CONNECTION) {
+            None => Vec::new(),
+            Some(_) => connection_tokens(h)
+                .filter(|t| {
+                    !t.is_empty()
+                        && !t.eq_ignore_ascii_case("close")
+                        && !t.eq_ignore_ascii_case("keep-alive")
+                        && !t.eq_ignore_ascii_case("upgrade")
+                })
+                .collect(),
+        };
+        let unlisted =
+            |name: &HeaderName| !listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()));
+        let trusted = |name: &HeaderName| {
+            (self.trust_forwarded && unlisted(name))
+                .then(|| joined(h, name))
+                .flatten()
+        };
+        line(out, header::HOST.as_str(), self.host.as_bytes());
+        let mut cookies = Cookies::default();
+        for (name, value) in h {
+            if name == header::COOKIE {
+                cookies.add(out, value.as_bytes(), self.cookie_name);
+                continue;
             }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
+            cookies.end(out);
+            if self.passes(name) && unlisted(name) {
+                line(out, name.as_str(), value.as_bytes());
             }
         }
+        cookies.end(out);
+        let ip = self.client_ip.as_bytes();
+        match trusted(&X_FORWARDED_FOR) {
+            Some(prior) => {
+                out.extend_from_slice(b"x-forwarded-for: ");
+                out.extend_from_slice(prior.as_bytes());
+                out.extend_from_slice(b", ");
+                out.extend_from_slice(ip);
+                out.extend_from_slice(b"\r\n");
+            }
+            None => line(out, X_FORWARDED_FOR.as_str(), ip),
+        }
+        match trusted(&X_FORWARDED_PROTO) {
+            Some(proto) => line(out, X_FORWARDED_PROTO.as_str(), proto.as_bytes()),
+            None => line(out, X_FORWARDED_PROTO.as_str(), self.proto.as_bytes()),
+        }
+        match (trusted(&X_FORWARDED_HOST), self.client_host) {
+            (Some(host), _) => line(out, X_FORWARDED_HOST.as_str(), host.as_bytes()),
+            (None, Some(host)) => line(out, X_FORWARDED_HOST.as_str(), host.as_bytes()),
+            (None, None) => {}
+        }
+        line(out, X_REQUEST_ID.as_str(), self.request_id.as_bytes());
+        if self.upgrading {
+            out.extend_from_slice(b"connection: upgrade\r\n");
+        }
+        for (name, value) in self.added.iter() {
+            line(out, name.as_str(), value.as_bytes());
+        }
     }
+
+    /// Whether a client's header other than `Cookie` goes upstream (those
+    /// `Connection` lists are the caller's to check).
+    fn passes(&self, name: &HeaderName) -> bool {
+        match name.as_str() {
+            "host" | "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding"
+            | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-request-id" => {
+                false
+            }
+            "upgrade" => self.upgrading,
+            "authorization" => self.added.authorization.is_none(),
+            other => !other.starts_with("proxy-") && !is_spoofable(other, self.claim_headers),
+        }
+    }
+}
+
+fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The client's `Cookie` headers (consecutive in a header map's order) as
+/// one line, without the sidecar's own cookies.
+#[derive(Default)]
+struct Cookies {
+    /// Where the open line starts in `out`, and whether it has a pair yet.
+    open: Option<(usize, bool)>,
+}
+
+impl Cookies {
+    fn add(&mut self, out: &mut Vec<u8>, value: &[u8], own: &str) {
+        let (_, any) = self.open.get_or_insert_with(|| {
+            let at = out.len();
+            out.extend_from_slice(b"cookie: ");
+            (at, false)
+        });
+        for pair in value.split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() || is_own_cookie(pair, own.as_bytes()) {
+                continue;
+            }
+            if *any {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(pair);
+            *any = true;
+        }
+    }
+
+    /// Closes the line; takes it back when every cookie was the sidecar's.
+    fn end(&mut self, out: &mut Vec<u8>) {
+        match self.open.take() {
+            Some((_, true)) => out.extend_from_slice(b"\r\n"),
+            Some((at, false)) => out.truncate(at),
+            None => {}
+        }
+    }
+}
+
+/// `name=value` where `name` is `own` or `own_*`.
+fn is_own_cookie(pair: &[u8], own: &[u8]) -> bool {
+    let name = pair
+        .split(|&b| b == b'=')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    name.strip_prefix(own)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"_"))
 }
 
 /// A client address as a header value; computed once per connection.
@@ -221,43 +352,6 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .collect();
     (!parts.is_empty()).then(|| parts.join(", "))
-}
-
-/// Removes the sidecar's own cookies (`name` and `name_*`, e.g. the CSRF
-/// cookie) from every `Cookie` header; drops the header when nothing is left.
-/// Requests that carry none of them are left untouched (no rebuilding).
-pub fn strip_own_cookies(headers: &mut HeaderMap, cookie_name: &str) {
-    let is_own = |pair: &str| {
-        let name = pair.split('=').next().unwrap_or("").trim();
-        name == cookie_name
-            || name
-                .strip_prefix(cookie_name)
-                .is_some_and(|rest| rest.starts_with('_'))
-    };
-    let any_own = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .any(is_own);
-    if !any_own {
-        return;
-    }
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && !is_own(p))
-        .map(String::from)
-        .collect();
-    headers.remove(header::COOKIE);
-    if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
-    {
-        headers.insert(header::COOKIE, v);
-    }
 }
 
 #[cfg(test)]
@@ -321,10 +415,110 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
     }
 
+    /// The header lines `UpstreamHead::write` writes, as pairs.
+    fn written(head: &UpstreamHead<'_>) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        head.write(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\r\n") || text.is_empty());
+        text.split_terminator("\r\n")
+            .map(|l| {
+                let (k, v) = l.split_once(": ").unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    }
+
+    fn all<'a>(lines: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+        lines
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    struct Fixture {
+        host: HeaderValue,
+        ip: HeaderValue,
+        client_host: HeaderValue,
+        request_id: HeaderValue,
+        claims: Vec<HeaderName>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                host: HeaderValue::from_static("app.internal:8080"),
+                ip: ip_header("10.1.2.3".parse().unwrap()),
+                client_host: HeaderValue::from_static("app.example"),
+                request_id: HeaderValue::from_static("rid-1"),
+                claims: vec![HeaderName::from_static("x-user-group")],
+            }
+        }
+
+        fn head<'a>(&'a self, headers: &'a HeaderMap) -> UpstreamHead<'a> {
+            UpstreamHead {
+                headers,
+                upgrading: false,
+                claim_headers: &self.claims,
+                cookie_name: "_emp_sidecar",
+                trust_forwarded: false,
+                host: &self.host,
+                client_ip: &self.ip,
+                proto: "http",
+                client_host: Some(&self.client_host),
+                request_id: &self.request_id,
+                added: Added::default(),
+            }
+        }
+    }
+
+    #[test]
+    fn the_upstream_head_carries_no_hop_by_hop_header() {
+        let f = Fixture::new();
+        let h = map(&[
+            ("host", "app.example"),
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("x-end-to-end", "kept"),
+            ("content-length", "3"),
+        ]);
+        let lines = written(&f.head(&h));
+        let names: Vec<&str> = lines.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "x-end-to-end",
+                "content-length",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-request-id"
+            ]
+        );
+        assert_eq!(all(&lines, "host"), ["app.internal:8080"]);
+        assert_eq!(all(&lines, "x-request-id"), ["rid-1"]);
+        // Upgrading: the client's Upgrade passes, with our Connection.
+        let h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let mut head = f.head(&h);
+        head.upgrading = true;
+        let lines = written(&head);
+        assert_eq!(all(&lines, "upgrade"), ["websocket"]);
+        assert_eq!(all(&lines, "connection"), ["upgrade"]);
+    }
+
     #[test]
     fn identity_headers_are_stripped_in_both_spellings() {
-        let claims = [HeaderName::from_static("x-user-group")];
-        let mut h = map(&[
+        let f = Fixture::new();
+        let h = map(&[
             ("x-auth-request-user", "mallory"),
             ("x_auth_request_email", "m@evil"),
             ("x-forwarded-access-token", "forged"),
@@ -333,46 +527,98 @@ mod tests {
             ("x_user_group", "admin"),
             ("x-auth-request", "not a prefix match, kept"),
             ("accept", "*/*"),
+            ("authorization", "Bearer client's"),
         ]);
-        strip_spoofable(&mut h, &claims);
-        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        left.sort();
-        assert_eq!(left, vec!["accept", "x-auth-request"]);
+        let lines = written(&f.head(&h));
+        let mut client: Vec<&str> = lines[1..lines.len() - 4]
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        client.sort();
+        assert_eq!(client, ["accept", "authorization", "x-auth-request"]);
+        // The session's token replaces the client's Authorization; the
+        // identity headers come last, once each.
+        let token = HeaderValue::from_static("Bearer session");
+        let group = [(f.claims[0].clone(), HeaderValue::from_static("staff"))];
+        let mut head = f.head(&h);
+        head.added = Added {
+            authorization: Some(&token),
+            claims: &group,
+            ..Added::default()
+        };
+        let lines = written(&head);
+        assert_eq!(all(&lines, "authorization"), ["Bearer session"]);
+        assert_eq!(all(&lines, "x-user-group"), ["staff"]);
+        assert_eq!(all(&lines, "x_user_group"), Vec::<&str>::new());
+        assert_eq!(lines.last().unwrap().0, "x-user-group");
     }
 
     #[test]
     fn forwarded_headers_replace_client_values_unless_trusted() {
-        let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        let host = HeaderValue::from_static("app.example");
-        let mut h = map(&[
+        let f = Fixture::new();
+        let h = map(&[
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-request-id", "client-chosen"),
+            ("host", "app.example"),
         ]);
-        set_forwarded(&mut h, &ip_header(ip), "http", Some(&host), false);
-        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "app.example");
+        let lines = written(&f.head(&h));
+        assert_eq!(all(&lines, "x-forwarded-for"), ["10.1.2.3"]);
+        assert_eq!(all(&lines, "x-forwarded-proto"), ["http"]);
+        assert_eq!(all(&lines, "x-forwarded-host"), ["app.example"]);
+        assert_eq!(all(&lines, "x-request-id"), ["rid-1"]);
+        assert_eq!(all(&lines, "host"), ["app.internal:8080"]);
 
-        let mut h = map(&[
+        let h = map(&[
             ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, &ip_header(ip), "http", Some(&host), true);
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
-        assert_eq!(h["x-forwarded-proto"], "https");
+        let mut head = f.head(&h);
+        head.trust_forwarded = true;
+        let lines = written(&head);
+        assert_eq!(
+            all(&lines, "x-forwarded-for"),
+            ["1.1.1.1, 2.2.2.2, 10.1.2.3"]
+        );
+        assert_eq!(all(&lines, "x-forwarded-proto"), ["https"]);
+        assert_eq!(all(&lines, "x-forwarded-host"), ["app.example"]);
+        // A trusted client's forwarding header that its Connection lists
+        // is hop-by-hop: not extended.
+        let h = map(&[
+            ("connection", "x-forwarded-for"),
+            ("x-forwarded-for", "1.1.1.1"),
+        ]);
+        let mut head = f.head(&h);
+        head.trust_forwarded = true;
+        head.client_host = None;
+        let lines = written(&head);
+        assert_eq!(all(&lines, "x-forwarded-for"), ["10.1.2.3"]);
+        assert_eq!(all(&lines, "x-forwarded-host"), Vec::<&str>::new());
     }
 
     #[test]
-    fn own_cookies_are_removed_and_others_kept() {
-        let mut h = map(&[
+    fn own_cookies_are_removed_and_others_kept_in_one_line() {
+        let f = Fixture::new();
+        let h = map(&[
             ("cookie", "_emp_sidecar=abc; theme=dark"),
-            ("cookie", "_emp_sidecar_csrf=xyz; _emp_sidecarX=kept"),
+            ("accept", "*/*"),
+            ("cookie", "_emp_sidecar_csrf=xyz; _emp_sidecarX=kept;;"),
         ]);
-        strip_own_cookies(&mut h, "_emp_sidecar");
-        assert_eq!(h["cookie"], "theme=dark; _emp_sidecarX=kept");
+        let lines = written(&f.head(&h));
+        assert_eq!(all(&lines, "cookie"), ["theme=dark; _emp_sidecarX=kept"]);
+        assert_eq!(all(&lines, "accept"), ["*/*"]);
 
-        let mut h = map(&[("cookie", "_emp_sidecar=abc")]);
-        strip_own_cookies(&mut h, "_emp_sidecar");
-        assert!(!h.contains_key("cookie"));
+        let h = map(&[("cookie", "_emp_sidecar=abc"), ("accept", "*/*")]);
+        let lines = written(&f.head(&h));
+        assert_eq!(all(&lines, "cookie"), Vec::<&str>::new());
+        assert_eq!(all(&lines, "accept"), ["*/*"]);
+
+        // HTTP/2 clients send cookies in several fields: one line upstream
+        // (RFC 9113 §8.2.3).
+        let h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        let lines = written(&f.head(&h));
+        assert_eq!(all(&lines, "cookie"), ["a=1; b=2"]);
     }
 }

@@ -17,13 +17,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::Added;
+pub use super::h1::Outgoing;
 use super::h1::{self, BodyReader, Conn, Io, Upload};
 use super::upstream::SentBody;
 use crate::body::BoxError;
@@ -87,12 +87,11 @@ impl Pool {
     /// `now` is the time the request set out.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<SentBody>,
-        added: Added<'_>,
+        req: Outgoing<'_>,
+        body: SentBody,
         now: Instant,
     ) -> Result<Answer, PoolError> {
-        let (parts, body) = req.into_parts();
-        let mut upload = Upload::new(&parts, added, body);
+        let mut upload = Upload::new(req, body);
         loop {
             let (mut conn, reused) = match self.checkout(now) {
                 Some(conn) => (conn, true),
@@ -100,10 +99,10 @@ impl Pool {
                 // inline it would be copied with every request's.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            let head = match h1::exchange(&mut conn, &mut upload, &parts.method).await {
+            let head = match h1::exchange(&mut conn, &mut upload, req.method).await {
                 Ok(head) => head,
-                Err(e) if reused && h1::may_retry(&e, &upload, &parts.method) => {
-                    upload.rewind(&parts, added);
+                Err(e) if reused && h1::may_retry(&e, &upload, req.method) => {
+                    upload.rewind(req);
                     continue;
                 }
                 Err(e) => return Err(PoolError::Exchange(e)),
