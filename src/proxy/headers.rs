@@ -305,7 +305,7 @@ impl Cookies {
             out.extend_from_slice(b"cookie: ");
             (at, false)
         });
-        for pair in value.split(|&b| b == b';') {
+        for pair in crate::session::cookie::pairs(value) {
             let pair = pair.trim_ascii();
             if pair.is_empty() || is_own_cookie(pair, own.as_bytes()) {
                 continue;
@@ -330,11 +330,11 @@ impl Cookies {
 
 /// `name=value` where `name` is `own` or `own_*`.
 fn is_own_cookie(pair: &[u8], own: &[u8]) -> bool {
-    let name = pair
-        .split(|&b| b == b'=')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
+    let name = match memchr::memchr(b'=', pair) {
+        Some(i) => &pair[..i],
+        None => pair,
+    }
+    .trim_ascii();
     name.strip_prefix(own)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"_"))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
-use super::cookie::LOGIN_COOKIE_TTL;
+use super::cookie::{LOGIN_COOKIE_TTL, StoreKeyHash};
 use super::{Session, SessionKey, SessionStore, StoreError, state_digest};
 use crate::provider::BoxFuture;
 
@@ -16,7 +16,7 @@ use crate::provider::BoxFuture;
 const MAX_CONSUMED_STATES: u64 = 100_000;
 
 pub struct MemoryStore {
-    cache: Cache<Box<str>, Arc<Session>>,
+    cache: Cache<Box<str>, Arc<Session>, StoreKeyHash>,
     consumed: Cache<String, ()>,
     /// Back-channel logout: a `sid` or `sub` name → the store keys of its
     /// sessions (bounded and aging like the sessions).
@@ -30,7 +30,7 @@ impl MemoryStore {
                 .max_capacity(max_sessions)
                 .time_to_live(lifetime)
                 .time_to_idle(idle_timeout.min(lifetime))
-                .build(),
+                .build_with_hasher(StoreKeyHash::default()),
             consumed: Cache::builder()
                 .max_capacity(MAX_CONSUMED_STATES)
                 .time_to_live(LOGIN_COOKIE_TTL)

@@ -39,6 +39,7 @@ use fred::prelude::{
 use fred::types::Builder;
 use moka::sync::Cache;
 
+use super::cookie::StoreKeyHash;
 use super::{
     IdentityRules, LeaseGuard, RefreshTurn, Session, SessionKey, SessionStore, StoreError, now_ms,
     record, state_digest,
@@ -123,7 +124,7 @@ pub struct RedisStore {
     sentinels: Vec<fred::clients::SubscriberClient>,
     prefix: String,
     channel: String,
-    local: Cache<Box<str>, Arc<Cached>>,
+    local: Cache<Box<str>, Arc<Cached>, StoreKeyHash>,
     rules: IdentityRules,
     margin: Duration,
     lifetime: Duration,
@@ -301,7 +302,7 @@ impl RedisStore {
                 .max_capacity(session.max_sessions)
                 .time_to_live(session.lifetime)
                 .time_to_idle(session.idle_timeout.min(session.lifetime))
-                .build(),
+                .build_with_hasher(StoreKeyHash::default()),
             rules,
             margin,
             lifetime: session.lifetime,
