@@ -10,8 +10,10 @@ answers a fixed 100-byte body):
            through `emp-sidecar mock-emp` before the run; the cookie is sent by wrk)
 
 Load: wrk (Debian), 2 threads, 16 and 128 connections. Each (target, connections)
-pair runs ROUNDS times, interleaved, and the median is reported, because this
-2-core machine is shared and noisy. Both proxies write an access log and set
+pair runs ROUNDS times, interleaved (each round starting with another
+target), and the median is reported, because this 2-core machine is shared
+and noisy; so are the medians of the ratios of each round's pairs, the
+comparison least moved by the machine's slow spells. Both proxies write an access log and set
 X-Forwarded-For/-Proto and X-Request-Id, so they do the same work.
 
 One-CPU mode (`--pin`), the way a sidecar really runs (a fraction of a CPU
@@ -344,9 +346,15 @@ def main():
         for t, url in targets.items():  # warm-up: pools, caches, page faults
             wrk(url, 16, 2, headers.get(t, ()), threads=wrk_threads, cpu=load_cpu)
         samples = {(t, c): [] for t in targets for c in conns_list}
+        names = list(targets)
         for r in range(args.rounds):
+            # Each round starts with another target: on a shared machine a
+            # slow spell then falls on each of them in turn, not always on
+            # the one measured at the same point of the round.
+            order = names[r % len(names):] + names[:r % len(names)]
             for c in conns_list:
-                for t, url in targets.items():
+                for t in order:
+                    url = targets[t]
                     res = wrk(url, c, args.duration, headers.get(t, ()), servers[t],
                               threads=wrk_threads, cpu=load_cpu)
                     samples[(t, c)].append(res)
@@ -407,6 +415,23 @@ def main():
             per_round = [f"{a['rps'] / b['rps']:.2f}"
                          for a, b in zip(samples[("sidecar-auth", c)], samples[("nginx", c)])]
             lines.append(f"auth/nginx req/s by round, {c} connections: {', '.join(per_round)}")
+        # The same pair measured within one round, a few seconds apart, is
+        # the comparison least moved by the machine's slow spells.
+        lines.append("")
+        lines.append("| connections | paired medians of rounds: sidecar/nginx req/s "
+                     "| auth/nginx req/s | auth/nginx p99 | auth/nginx CPU per request |")
+        lines.append("|---|---:|---:|---:|---:|")
+        for c in conns_list:
+            def paired(t, k):
+                return statistics.median(a[k] / b[k] for a, b in
+                                         zip(samples[(t, c)], samples[("nginx", c)]))
+            row = {"connections": c, "rps_vs_nginx": paired("sidecar", "rps"),
+                   "auth_vs_nginx": paired("sidecar-auth", "rps"),
+                   "auth_p99_vs_nginx": paired("sidecar-auth", "p99_ms"),
+                   "auth_cpu_vs_nginx": paired("sidecar-auth", "cpu_us")}
+            result.setdefault("paired_ratios", []).append(row)
+            lines.append(f"| {c} | {row['rps_vs_nginx']:.2f} | {row['auth_vs_nginx']:.2f} | "
+                         f"{row['auth_p99_vs_nginx']:.2f} | {row['auth_cpu_vs_nginx']:.2f} |")
         lines.append("")
         lines.append(f"sidecar RSS after the run: {sidecar_rss / 1024:.1f} MiB")
         out_dir = ROOT / "benches/results"
