@@ -16,11 +16,15 @@
 //! from HTTP/2 prior knowledge (whose connections stay with hyper-util's
 //! auto builder); [`Rewind`] hands them to hyper again.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::Incoming;
@@ -153,6 +157,7 @@ pub(super) async fn serve_h1(
     // that leaves mid-request. The socket lives as long as this function.
     watchdog.watch_peer(io.get_ref().inner.as_raw_fd());
     let mut stop = worker.stop.clone();
+    let side_waker = SideWaker::new();
     loop {
         // Serving: hyper has the socket.
         let mut connection = Box::new(
@@ -166,39 +171,47 @@ pub(super) async fn serve_h1(
             Pin::new(&mut *connection).graceful_shutdown();
         }
         let parts = loop {
-            tokio::select! {
-                res = &mut *connection => {
+            if closing {
+                if let Err(e) = (&mut *connection).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            let side = async {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => None,
+                    event = watchdog.next() => Some(event),
+                }
+            };
+            match race(Pin::new(&mut *connection), side, &side_waker).await {
+                Either::Main(res) => {
                     if let Err(e) = res {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                _ = stop.changed(), if !closing => {
+                // Stopping.
+                Either::Side(None) | Either::Side(Some(activity::Expired::Idle)) => {
                     Pin::new(&mut *connection).graceful_shutdown();
                     closing = true;
                 }
-                event = watchdog.next(), if !closing => match event {
-                    activity::Expired::Idle => {
-                        Pin::new(&mut *connection).graceful_shutdown();
-                        closing = true;
+                Either::Side(Some(activity::Expired::ClientGone)) => {
+                    tracing::debug!("the client hung up while its request was in flight");
+                    return;
+                }
+                // No request in flight: drop the connection, mid-head.
+                Either::Side(Some(activity::Expired::Head)) => {
+                    tracing::debug!("request head not complete within header_read_timeout");
+                    return;
+                }
+                Either::Side(Some(activity::Expired::Quiet)) => {
+                    // Upgraded connections are not handed back (None).
+                    match connection.into_parts() {
+                        Some(parts) => break parts,
+                        None => return,
                     }
-                    activity::Expired::ClientGone => {
-                        tracing::debug!("the client hung up while its request was in flight");
-                        return;
-                    }
-                    // No request in flight: drop the connection, mid-head.
-                    activity::Expired::Head => {
-                        tracing::debug!("request head not complete within header_read_timeout");
-                        return;
-                    }
-                    activity::Expired::Quiet => {
-                        // Upgraded connections are not handed back (None).
-                        match connection.into_parts() {
-                            Some(parts) => break parts,
-                            None => return,
-                        }
-                    }
-                },
+                }
             }
         };
         // Parked: only the socket is held.
@@ -220,5 +233,117 @@ pub(super) async fn serve_h1(
         if !woken {
             return;
         }
+    }
+}
+
+/// What [`race`] saw first.
+enum Either<A, B> {
+    Main(A),
+    Side(B),
+}
+
+/// The waker of [`race`]'s side future: notes that the side future has
+/// something to say, then wakes the task.
+struct SideWaker {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl SideWaker {
+    /// The flag and wakers' shared state, and the waker `side` is polled with.
+    fn new() -> (Arc<SideWaker>, Waker) {
+        let side = Arc::new(SideWaker {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(side.clone());
+        (side, waker)
+    }
+}
+
+impl Wake for SideWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// Polls `main` at every wake-up of the task and `side` only when its own
+/// waker fired (and once at the start). A connection is woken a few times
+/// a request, its watchdog once a tick and its stop signal once:
+/// `tokio::select!` polled all three at every wake-up, the watchdog's timer
+/// and the stop signal's `changed()` future each time (about 600
+/// instructions a request, benches/README.md, issue 15). `side` must be
+/// woken through the waker it is polled with, as every future is.
+async fn race<A, B>(
+    mut main: Pin<&mut impl Future<Output = A>>,
+    side: impl Future<Output = B>,
+    (side_state, side_waker): &(Arc<SideWaker>, Waker),
+) -> Either<A, B> {
+    let mut side = std::pin::pin!(side);
+    side_state.woken.store(true, Ordering::Release);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(a) = main.as_mut().poll(cx) {
+            return Poll::Ready(Either::Main(a));
+        }
+        side_state.task.register(cx.waker());
+        if side_state.woken.swap(false, Ordering::AcqRel)
+            && let Poll::Ready(b) = side.as_mut().poll(&mut Context::from_waker(side_waker))
+        {
+            return Poll::Ready(Either::Side(b));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[tokio::test]
+    async fn race_polls_the_side_future_only_when_its_waker_fired() {
+        let side_waker = SideWaker::new();
+        let side_polls = Cell::new(0);
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<u8>();
+        // The main future wakes itself five times, then ends: the side
+        // future, never woken, is polled once (at the start) in all.
+        let mut main_polls = 0;
+        let main = std::future::poll_fn(|cx| {
+            main_polls += 1;
+            if main_polls < 6 {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            } else {
+                Poll::Ready(main_polls)
+            }
+        });
+        let side = std::future::poll_fn(|cx| {
+            side_polls.set(side_polls.get() + 1);
+            Pin::new(&mut rx).poll(cx)
+        });
+        let main = std::pin::pin!(main);
+        assert!(matches!(
+            race(main, side, &side_waker).await,
+            Either::Main(6)
+        ));
+        assert_eq!(side_polls.get(), 1);
+        // Woken through its own waker, the side future is polled and wins.
+        let side = std::future::poll_fn(|cx| {
+            side_polls.set(side_polls.get() + 1);
+            Pin::new(&mut rx).poll(cx)
+        });
+        let main = std::pin::pin!(std::future::pending::<()>());
+        let (won, ()) = tokio::join!(race(main, side, &side_waker), async {
+            tokio::task::yield_now().await;
+            tx.send(7).unwrap();
+        });
+        assert!(matches!(won, Either::Side(Ok(7))));
+        assert_eq!(side_polls.get(), 3);
     }
 }
