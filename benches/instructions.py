@@ -21,7 +21,8 @@ than its share of real CPU time.
 
 Usage: python3 benches/instructions.py [--duration SECONDS] [--connections N]
            [--only TARGET,...] [--cache-sim] [--keep DIR]
-Prints one line per target; `--cache-sim` adds last-level cache misses.
+Prints one line per target (instructions and allocations a request);
+`--cache-sim` adds last-level cache misses.
 """
 
 import argparse
@@ -50,12 +51,20 @@ def callgrind(cmd, out_dir, cache_sim):
                             stderr=subprocess.DEVNULL)
 
 
+ALLOCATORS = ("malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc")
+
+
 def totals(dump):
-    """Event names and totals of one callgrind dump."""
+    """Event names and totals of one callgrind dump, and `allocs`: the calls
+    into the C allocator (every Rust allocation ends in one of them)."""
     text = Path(dump).read_text()
     events = re.search(r"^events:\s*(.*)$", text, re.M).group(1).split()
     summary = re.search(r"^(?:summary|totals):\s*(.*)$", text, re.M).group(1).split()
-    return dict(zip(events, (int(v) for v in summary)))
+    found = dict(zip(events, (int(v) for v in summary)))
+    names = "|".join(ALLOCATORS)
+    found["allocs"] = sum(int(n) for n in re.findall(
+        rf"^cfn=(?:\(\d+\) )?(?:{names})\n(?:cob=.*\n|cfi=.*\n)*calls=(\d+)", text, re.M))
+    return found
 
 
 def count(pid, out_dir, url, conns, duration, headers=()):
@@ -134,7 +143,8 @@ def main():
             for name, _, _, dump in rows:
                 shutil.copy(dump, Path(args.keep) / f"{name}.callgrind")
         for name, ev, n, _ in rows:
-            line = f"{name:<13} {ev['Ir'] / n:>9.0f} instructions a request ({n} requests)"
+            line = (f"{name:<13} {ev['Ir'] / n:>9.0f} instructions a request, "
+                    f"{ev['allocs'] / n:.1f} allocations ({n} requests)")
             if "DLmr" in ev:
                 misses = ev.get("ILmr", 0) + ev["DLmr"] + ev.get("DLmw", 0)
                 line += f", {misses / n:.1f} last-level misses a request"

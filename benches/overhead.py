@@ -206,7 +206,12 @@ def http(method, url, headers=None, body=None):
     import http.client
     import urllib.parse
     u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    if u.scheme == "https":  # the benchmarks' own self-signed certificate
+        import ssl
+        conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=10,
+                                           context=ssl._create_unverified_context())
+    else:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
     path = u.path + ("?" + u.query if u.query else "")
     conn.request(method, path, body=body, headers=headers or {})
     resp = conn.getresponse()
@@ -235,7 +240,7 @@ def login(sidecar, user="bench"):
 
 
 def sidecar_conf(path, port, up_port, emp_port, server="", log_level="info", claims=True,
-                 session="", skip_auth='"^/public/"'):
+                 session="", skip_auth='"^/public/"', scheme="http"):
     """Writes the benchmarks' sidecar configuration to `path`: listening on
     `port`, the upstream on `up_port`, the mock EMP on `emp_port` (DR profile
     on). `server` and `session` are extra lines for those sections; with
@@ -254,7 +259,7 @@ url = "http://127.0.0.1:{up_port}"
 [provider]
 base_url = "http://127.0.0.1:{emp_port}"
 client_id = "demo-app-key"
-redirect_url = "http://127.0.0.1:{port}/oauth2/callback"
+redirect_url = "{scheme}://127.0.0.1:{port}/oauth2/callback"
 profile = true
 {claim_headers}[session]
 cookie_secret = "YmVuY2gtb25seS1jb29raWUtc2VjcmV0LTMyLWJ5dGVz"
