@@ -16,6 +16,13 @@ and noisy; so are the medians of the ratios of each round's pairs, the
 comparison least moved by the machine's slow spells. Both proxies write an access log and set
 X-Forwarded-For/-Proto and X-Request-Id, so they do the same work.
 
+With `--together` (and `--pin`), nginx and the sidecar are also loaded
+at the same time, each by its own wrk, ROUNDS times per target: both
+proxies then run under the same conditions, and each one's own CPU per
+request (and with the upstream's share added) compares without the
+machine's slow spells, which move sequential runs by +-30% here. On a
+saturated CPU, req/s goes as the inverse of CPU per request.
+
 One-CPU mode (`--pin`), the way a sidecar really runs (a fraction of a CPU
 in the app's pod): the upstream, nginx, the mock EMP and the sidecar on CPU
 0, one worker each (nginx `worker_processes 1`, `server.workers = 1`), wrk
@@ -23,7 +30,7 @@ with one thread on CPU 1; 32 and 128 connections unless told otherwise.
 Server CPU per request then counts the upstream's share too, for nginx and
 the sidecar alike (all of CPU 0's work for that request).
 
-Usage: python3 benches/overhead.py [--duration SECONDS] [--rounds N] [--workers N] [--pin]
+Usage: python3 benches/overhead.py [--duration SECONDS] [--rounds N] [--workers N] [--pin [--together]]
 Writes benches/results/overhead.json and prints a Markdown table.
 """
 
@@ -201,6 +208,30 @@ def wrk(url, conns, duration, headers=(), pids=(), threads=2, cpu=None):
             "cpu_us": cpu_us, "sleeps": sleeps}
 
 
+def wrk_together(runs, conns, duration, cpu):
+    """Two or more wrk runs at the same time (one thread each, on `cpu`),
+    `runs` being (url, headers, pids) each: every proxy serves under the
+    same conditions (the same slow spells of a shared machine, the same
+    CPU speed). Per run: req/s, and its `pids`' CPU µs a request."""
+    before = [proc_stats(pids)[0] for _, _, pids in runs]
+    procs = [subprocess.Popen(
+        [*on_cpu(cpu), "wrk", "-t1", f"-c{conns}", f"-d{duration}s",
+         *[a for h in headers for a in ("-H", h)], url],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for url, headers, _ in runs]
+    outs = [p.communicate()[0] for p in procs]
+    after = [proc_stats(pids)[0] for _, _, pids in runs]
+    results = []
+    for (url, _, _), out, j0, j1 in zip(runs, outs, before, after):
+        if re.search(r"Non-2xx or 3xx responses|Socket errors", out):
+            raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
+        requests = max(1, int(re.search(r"(\d+) requests in", out).group(1)))
+        results.append({"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+                        "cpu_us": 1e6 * (j1 - j0) / os.sysconf("SC_CLK_TCK") / requests,
+                        "requests": requests})
+    return results
+
+
 def http(method, url, headers=None, body=None):
     """One request, no redirect following: (status, headers as list of pairs)."""
     import http.client
@@ -298,6 +329,9 @@ def main():
                     help="server.workers for the sidecar (default: the sidecar's default)")
     ap.add_argument("--pin", action="store_true",
                     help="servers on CPU 0 with one worker each, wrk on CPU 1 with one thread")
+    ap.add_argument("--together", action="store_true",
+                    help="with --pin: also load nginx and the sidecar at the same time, "
+                         "and compare each proxy's own CPU per request")
     args = ap.parse_args()
     conns_list = [int(c) for c in (args.connections or ("32,128" if args.pin else "16,128"))
                   .split(",")]
@@ -368,6 +402,38 @@ def main():
                           f"CPU idle {res['idle_pct']:.1f}%  server CPU "
                           f"{res['cpu_us']:.1f} us/req, sleeps {res['sleeps']:.3f}/req",
                           file=sys.stderr)
+        together = []
+        if args.pin and args.together:
+            # Both proxies loaded at once, each by its own wrk: the same
+            # machine conditions for both, so each proxy's own CPU per
+            # request compares without the slow spells that move
+            # sequential runs by +-30%. The upstream's share is measured
+            # over both loads' requests.
+            upstream, nginx_own = children(up.pid), children(ngx.pid)
+            for c in conns_list:
+                for t in ("sidecar-auth", "sidecar"):
+                    ratios = []
+                    for r in range(args.rounds):
+                        order = [("nginx", targets["nginx"], (), nginx_own),
+                                 (t, targets[t], headers.get(t, ()), [sc.pid])]
+                        if r % 2:
+                            order.reverse()
+                        up0 = proc_stats(upstream)[0]
+                        res = wrk_together([(u, h, p) for _, u, h, p in order], c,
+                                           args.duration, load_cpu)
+                        up_us = (1e6 * (proc_stats(upstream)[0] - up0) / os.sysconf("SC_CLK_TCK")
+                                 / sum(x["requests"] for x in res))
+                        by = {name: x for (name, *_), x in zip(order, res)}
+                        ratios.append({
+                            "nginx_us": by["nginx"]["cpu_us"], "sidecar_us": by[t]["cpu_us"],
+                            "upstream_us": up_us,
+                            "proxy": by[t]["cpu_us"] / by["nginx"]["cpu_us"],
+                            "with_upstream": (by[t]["cpu_us"] + up_us)
+                            / (by["nginx"]["cpu_us"] + up_us)})
+                        print(f"together round {r + 1} c={c:<4} {t:<12} nginx "
+                              f"{by['nginx']['cpu_us']:.1f} us/req, {t} {by[t]['cpu_us']:.1f} "
+                              f"us/req, upstream {up_us:.1f} us/req", file=sys.stderr)
+                    together.append((c, t, ratios))
         sidecar_rss = rss_kib(sc.pid)
         # Every sidecar-auth request must have been authenticated: the login
         # counter says one login, and no 401 was seen (wrk fails on non-2xx).
@@ -437,6 +503,23 @@ def main():
             result.setdefault("paired_ratios", []).append(row)
             lines.append(f"| {c} | {row['rps_vs_nginx']:.2f} | {row['auth_vs_nginx']:.2f} | "
                          f"{row['auth_p99_vs_nginx']:.2f} | {row['auth_cpu_vs_nginx']:.2f} |")
+        if together:
+            lines.append("")
+            lines.append("Loaded at the same time (each by its own wrk, "
+                         f"{args.rounds} rounds of {args.duration} s), medians:")
+            lines.append("")
+            lines.append("| connections | target | nginx proxy CPU µs/req | its proxy CPU µs/req "
+                         "| upstream CPU µs/req | proxy CPU /nginx's (paired) "
+                         "| CPU per request with the upstream's, /nginx's (paired) |")
+            lines.append("|---|---|---:|---:|---:|---:|---:|")
+            for c, t, ratios in together:
+                def m(k):
+                    return statistics.median(x[k] for x in ratios)
+                row = {"connections": c, "target": t, **{k: m(k) for k in ratios[0]}}
+                result.setdefault("together", []).append(row)
+                lines.append(f"| {c} | {t} | {row['nginx_us']:.1f} | {row['sidecar_us']:.1f} | "
+                             f"{row['upstream_us']:.1f} | {row['proxy']:.2f} | "
+                             f"{row['with_upstream']:.2f} |")
         lines.append("")
         lines.append(f"sidecar RSS after the run: {sidecar_rss / 1024:.1f} MiB")
         out_dir = ROOT / "benches/results"
