@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::headers::connection_has_token;
 use super::upstream::SentBody;
 use crate::body::BoxError;
 
@@ -460,8 +461,8 @@ fn frame(
     method: &Method,
 ) -> Result<Head, Error> {
     let mut keep_alive = match version {
-        Version::HTTP_10 => has_token(&headers, header::CONNECTION, "keep-alive"),
-        _ => !has_token(&headers, header::CONNECTION, "close"),
+        Version::HTTP_10 => connection_has_token(&headers, "keep-alive"),
+        _ => !connection_has_token(&headers, "close"),
     };
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -524,15 +525,6 @@ fn frame(
         framing,
         keep_alive,
     })
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Where the chunked decoder stands.

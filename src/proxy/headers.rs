@@ -54,7 +54,8 @@ pub fn upgrade_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     any
 }
 
-fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+/// Whether any `Connection` header lists `token` (any case).
+pub fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
 }
 
@@ -126,20 +127,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     }
 }
 
+/// The headers the proxy sets on every forwarded request from the
+/// connection, never the client's: `Host`, `X-Forwarded-*`, `X-Request-Id`.
+fn is_forwarding(name: &HeaderName) -> bool {
+    [
+        &header::HOST,
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_REQUEST_ID,
+    ]
+    .contains(&name)
+}
+
 /// Headers a claim may not be mapped to: the proxy manages them.
 pub fn is_reserved(name: &HeaderName) -> bool {
     is_hop_by_hop(name)
+        || is_forwarding(name)
         || [
-            &header::HOST,
             &header::COOKIE,
             &header::SET_COOKIE,
             &header::AUTHORIZATION,
             &header::CONTENT_LENGTH,
             &header::UPGRADE,
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &X_REQUEST_ID,
             &X_FORWARDED_ACCESS_TOKEN,
         ]
         .contains(&name)
@@ -271,14 +281,14 @@ impl UpstreamHead<'_> {
     /// Whether a client's header other than `Cookie` goes upstream (those
     /// `Connection` lists are the caller's to check).
     fn passes(&self, name: &HeaderName) -> bool {
-        match name.as_str() {
-            "host" | "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding"
-            | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-request-id" => {
-                false
-            }
-            "upgrade" => self.upgrading,
-            "authorization" => self.added.authorization.is_none(),
-            other => !other.starts_with("proxy-") && !is_spoofable(other, self.claim_headers),
+        if name == header::UPGRADE {
+            self.upgrading
+        } else if name == header::AUTHORIZATION {
+            self.added.authorization.is_none()
+        } else {
+            !is_hop_by_hop(name)
+                && !is_forwarding(name)
+                && !is_spoofable(name.as_str(), self.claim_headers)
         }
     }
 }

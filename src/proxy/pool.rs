@@ -55,6 +55,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Idle for less than `timeout` at `now`, and still usable.
+    fn is_good(&self, now: Instant, timeout: Duration) -> bool {
+        now.saturating_duration_since(self.since) < timeout && self.conn.is_usable_when_idle()
+    }
+}
+
 pub struct Pool {
     connector: Connector,
     idle: Mutex<Vec<Idle>>,
@@ -148,9 +155,9 @@ impl Pool {
         loop {
             tokio::time::sleep(period).await;
             let Some(pool) = weak.upgrade() else { return };
-            let timeout = pool.idle_timeout;
+            let (now, timeout) = (Instant::now(), pool.idle_timeout);
             if let Ok(mut idle) = pool.idle.lock() {
-                idle.retain(|c| c.since.elapsed() < timeout && c.conn.is_usable_when_idle());
+                idle.retain(|c| c.is_good(now, timeout));
             }
         }
     }
@@ -160,9 +167,7 @@ impl Pool {
     fn checkout(&self, now: Instant) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop() {
-            if now.saturating_duration_since(c.since) < self.idle_timeout
-                && c.conn.is_usable_when_idle()
-            {
+            if c.is_good(now, self.idle_timeout) {
                 return Some(c.conn);
             }
         }

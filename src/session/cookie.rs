@@ -451,35 +451,16 @@ struct Verified {
     old: Slots,
 }
 
-/// Entries by [`Verified::slot`], which is already random: not hashed again.
-type Slots = HashMap<u64, (Box<str>, Arc<SessionKey>), BuildHasherDefault<SlotHasher>>;
+/// Entries by [`Verified::slot`], the tail of an HMAC tag: random already,
+/// so [`StoreKeyHash`] serves it as it serves store keys.
+type Slots = HashMap<u64, (Box<str>, Arc<SessionKey>), StoreKeyHash>;
 
-#[derive(Default)]
-struct SlotHasher(u64);
-
-impl Hasher for SlotHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        // One multiplication spreads the text's bits over the whole word.
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-/// The hasher of the session caches, keyed by [`SessionKey::store_key`]:
-/// an HMAC output in base64, uniform already, so its first eight bytes
-/// spread by one multiplication are as good a hash as SipHash over all 43,
-/// for a tenth of the instructions a lookup. Nobody can choose a store key
-/// (it takes a valid cookie, and the HMAC's secret), so nobody can aim
-/// keys at one bucket either.
+/// The hasher of keys that are HMAC outputs already: the session caches'
+/// [`SessionKey::store_key`] (in base64) and [`Verified`]'s slots. Uniform
+/// already, their first eight bytes spread by one multiplication are as
+/// good a hash as SipHash over all 43, for a tenth of the instructions a
+/// lookup. Nobody can choose such a key (it takes a valid cookie, and the
+/// HMAC's secret), so nobody can aim keys at one bucket either.
 pub type StoreKeyHash = BuildHasherDefault<StoreKeyHasher>;
 
 #[derive(Default)]
