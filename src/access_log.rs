@@ -27,7 +27,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::Method;
 
@@ -74,7 +74,16 @@ struct Line {
     pending: Vec<u8>,
     /// The second the oldest pending line was formatted in.
     pending_since: u64,
+    /// A monotonic and a wall-clock reading taken together, at most
+    /// [`CALIBRATION`] ago ([`Line::wall_clock`]).
+    calibrated: Option<(Instant, SystemTime)>,
 }
+
+/// How long a wall-clock reading serves to date lines from the monotonic
+/// clock: a step of the system clock (NTP, an operator) shows in the log
+/// within a second, and a slew of at most 500 ppm moves a timestamp by at
+/// most half a millisecond.
+const CALIBRATION: Duration = Duration::from_secs(1);
 
 impl Line {
     /// Queues the formatted line. The batch is written first when the line
@@ -92,6 +101,25 @@ impl Line {
         if !self.batching || self.second != self.pending_since || self.pending.len() >= BATCH_BYTES
         {
             self.write_pending(out);
+        }
+    }
+
+    /// The wall-clock time of `at`, a monotonic reading the caller has
+    /// already made (the request's end), so a line costs no clock read of
+    /// its own: each is about 30 ns under this machine's hypervisor and a
+    /// proxied request made about seven (benches/README.md, issue 15).
+    fn wall_clock(&mut self, at: Instant) -> SystemTime {
+        let (mono, wall) = match self.calibrated {
+            Some((mono, wall)) if at.saturating_duration_since(mono) < CALIBRATION => (mono, wall),
+            _ => {
+                let now = (Instant::now(), SystemTime::now());
+                self.calibrated = Some(now);
+                now
+            }
+        };
+        match at.checked_duration_since(mono) {
+            Some(after) => wall + after,
+            None => wall.checked_sub(mono.duration_since(at)).unwrap_or(wall),
         }
     }
 
@@ -138,9 +166,9 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
 }
 
-/// Writes the line; `false` when the JSON writer is not installed or the
-/// filter drops access lines.
-pub fn write(entry: &Entry<'_>) -> bool {
+/// Writes the line of a request that ended at `finished`; `false` when the
+/// JSON writer is not installed or the filter drops access lines.
+pub fn write(entry: &Entry<'_>, finished: Instant) -> bool {
     let Some(out) = OUT.get() else {
         return false;
     };
@@ -151,7 +179,8 @@ pub fn write(entry: &Entry<'_>) -> bool {
         let Ok(mut line) = cell.try_borrow_mut() else {
             return;
         };
-        format_line(&mut line, SystemTime::now(), entry);
+        let now = line.wall_clock(finished);
+        format_line(&mut line, now, entry);
         if let Some(mut file) = out.as_ref() {
             line.push(&mut file);
         }
@@ -339,6 +368,29 @@ mod tests {
         let mut want: Vec<String> = (0..100).map(|i| format!("rid-{i}")).collect();
         want.extend(["rid-next-second".into(), "rid-last".into()]);
         assert_eq!(ids, want, "every line once, in order");
+    }
+
+    #[test]
+    fn lines_are_dated_from_the_monotonic_clock_and_a_wall_reading_of_this_second() {
+        let mut line = Line::default();
+        let ended = Instant::now();
+        let before = SystemTime::now();
+        let first = line.wall_clock(ended);
+        let (mono, wall) = line.calibrated.unwrap();
+        assert!(mono >= ended && wall >= before);
+        // Dated back from the calibration to the moment the request ended.
+        assert_eq!(first, wall - (mono - ended));
+        assert!(before.duration_since(first).unwrap_or_default() < Duration::from_millis(50));
+
+        // Later in the same second: no new reading, exact offsets.
+        let later = ended + Duration::from_millis(300);
+        assert_eq!(line.wall_clock(later), first + Duration::from_millis(300));
+        assert_eq!(line.calibrated.unwrap().0, mono);
+
+        // A second on: the wall clock is read again.
+        let next = mono + CALIBRATION;
+        let _ = line.wall_clock(next);
+        assert_ne!(line.calibrated.unwrap().0, mono);
     }
 
     #[test]

@@ -152,8 +152,10 @@ impl Auth {
         self.store.ready().await
     }
 
-    /// The one authentication decision.
-    pub async fn decide(&self, headers: &HeaderMap) -> Decision {
+    /// The one authentication decision, for a request that arrived at
+    /// `now` (read once a request: clock reads are not free under a
+    /// hypervisor, benches/README.md).
+    pub async fn decide(&self, headers: &HeaderMap, now: std::time::Instant) -> Decision {
         let Some(key) = self.cookies.session_key(headers) else {
             return Decision::NeedsLogin;
         };
@@ -167,7 +169,7 @@ impl Auth {
             Ok(None) => return Decision::NeedsLogin,
             Err(e) => return Decision::StoreUnavailable(e),
         };
-        match self.tokens.fresh(&key, &session).await {
+        match self.tokens.fresh(&key, &session, now.into()).await {
             Fresh::Valid(tokens) => Decision::Authenticated { session, tokens },
             Fresh::Ended => Decision::NeedsLogin,
             Fresh::Unavailable(e) => Decision::IdpUnavailable(e),

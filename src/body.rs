@@ -88,7 +88,8 @@ pub struct RequestRecord {
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
-        let total = self.start.elapsed();
+        let finished = Instant::now();
+        let total = finished.saturating_duration_since(self.start);
         self.metrics
             .observe_request(self.route, self.status, total.as_secs_f64());
         self.metrics.in_flight.dec();
@@ -105,7 +106,7 @@ impl Drop for RequestRecord {
             upstream: self.upstream,
             request_id,
         };
-        if crate::access_log::write(&entry) {
+        if crate::access_log::write(&entry, finished) {
             return;
         }
         let upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0);

@@ -201,7 +201,7 @@ impl Upstream {
             res = request => res.map_err(classify)?,
             () = deadline => return Err(ProxyError::UpstreamResponseTimeout),
         };
-        let latency = started.elapsed();
+        let latency = answer.answered.saturating_duration_since(started);
         let mut resp = answer.response;
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

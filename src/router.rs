@@ -223,7 +223,7 @@ impl App {
                 .and_then(|c| rewrite_path(&mut req, c))
                 .and_then(|()| check_host(&req))
             {
-                Ok(()) => self.dispatch(route, conn, req, &request_id).await,
+                Ok(()) => self.dispatch(route, conn, req, &request_id, start).await,
                 Err(e) => Err(e),
             }
         };
@@ -289,6 +289,7 @@ impl App {
         conn: &Conn,
         req: Request<Incoming>,
         request_id: &HeaderValue,
+        start: Instant,
     ) -> Result<(Response<Body>, Option<Duration>), ProxyError> {
         let local = |status, content_type, text: Vec<u8>| {
             Ok((body::response(status, content_type, text), None))
@@ -364,47 +365,49 @@ impl App {
                 let logout = self.auth.backchannel_logout(body.to_bytes());
                 Ok((Box::pin(logout).await, None))
             }
-            Route::AuthRequest | Route::Userinfo => match self.auth.decide(req.headers()).await {
-                Decision::Authenticated { session, tokens } => {
-                    let resp = if route == Route::AuthRequest {
-                        if !self.allowed(&session.profile(), Check::AuthRequest(req.uri())) {
-                            return Err(ProxyError::Forbidden);
-                        }
-                        self.auth.auth_request_response(&session, &tokens)
-                    } else {
-                        self.auth.userinfo_response(&session, &tokens)
-                    };
-                    Ok((resp, None))
-                }
-                // An API client's own token (`[bearer]`), through nginx too.
-                Decision::NeedsLogin
-                    if route == Route::AuthRequest && self.auth.has_bearer(req.headers()) =>
-                {
-                    match self.auth.bearer(req.headers()).await {
-                        Ok(verified) => {
-                            if !self.allowed(&verified.profile, Check::AuthRequest(req.uri())) {
+            Route::AuthRequest | Route::Userinfo => {
+                match self.auth.decide(req.headers(), start).await {
+                    Decision::Authenticated { session, tokens } => {
+                        let resp = if route == Route::AuthRequest {
+                            if !self.allowed(&session.profile(), Check::AuthRequest(req.uri())) {
                                 return Err(ProxyError::Forbidden);
                             }
-                            Ok((self.auth.bearer_auth_response(&verified), None))
-                        }
-                        Err(crate::provider::BearerRefusal::Invalid(_)) => {
-                            Err(ProxyError::InvalidToken)
-                        }
-                        Err(crate::provider::BearerRefusal::Unavailable(e)) => {
-                            Err(ProxyError::IdpUnavailable(e))
+                            self.auth.auth_request_response(&session, &tokens)
+                        } else {
+                            self.auth.userinfo_response(&session, &tokens)
+                        };
+                        Ok((resp, None))
+                    }
+                    // An API client's own token (`[bearer]`), through nginx too.
+                    Decision::NeedsLogin
+                        if route == Route::AuthRequest && self.auth.has_bearer(req.headers()) =>
+                    {
+                        match self.auth.bearer(req.headers()).await {
+                            Ok(verified) => {
+                                if !self.allowed(&verified.profile, Check::AuthRequest(req.uri())) {
+                                    return Err(ProxyError::Forbidden);
+                                }
+                                Ok((self.auth.bearer_auth_response(&verified), None))
+                            }
+                            Err(crate::provider::BearerRefusal::Invalid(_)) => {
+                                Err(ProxyError::InvalidToken)
+                            }
+                            Err(crate::provider::BearerRefusal::Unavailable(e)) => {
+                                Err(ProxyError::IdpUnavailable(e))
+                            }
                         }
                     }
+                    // nginx auth_request understands 2xx, 401 and 403 only:
+                    // an expired session the IdP cannot refresh is "not signed in".
+                    Decision::NeedsLogin | Decision::IdpUnavailable(_) => {
+                        Err(ProxyError::Unauthenticated)
+                    }
+                    // Not "signed out" (that would send users round a login that
+                    // cannot finish either): an error, which nginx shows as 500.
+                    Decision::StoreUnavailable(e) => Err(ProxyError::StoreUnavailable(e)),
                 }
-                // nginx auth_request understands 2xx, 401 and 403 only:
-                // an expired session the IdP cannot refresh is "not signed in".
-                Decision::NeedsLogin | Decision::IdpUnavailable(_) => {
-                    Err(ProxyError::Unauthenticated)
-                }
-                // Not "signed out" (that would send users round a login that
-                // cannot finish either): an error, which nginx shows as 500.
-                Decision::StoreUnavailable(e) => Err(ProxyError::StoreUnavailable(e)),
-            },
-            Route::Protected => match self.auth.decide(req.headers()).await {
+            }
+            Route::Protected => match self.auth.decide(req.headers(), start).await {
                 Decision::Authenticated { session, tokens } => {
                     let profile = arc_swap::Guard::into_inner(session.profile());
                     if !self.allowed(&profile, Check::Path(req.uri().path())) {

@@ -84,10 +84,15 @@ impl TokenCache {
         self.margin
     }
 
-    /// A valid token for session `id`, refreshing as described above.
-    pub async fn fresh(self: &Arc<Self>, key: &SessionKey, session: &Arc<Session>) -> Fresh {
+    /// A valid token for session `id` at `now` (the request's arrival),
+    /// refreshing as described above.
+    pub async fn fresh(
+        self: &Arc<Self>,
+        key: &SessionKey,
+        session: &Arc<Session>,
+        now: Instant,
+    ) -> Fresh {
         let tokens = session.tokens();
-        let now = Instant::now();
         if now < tokens.refresh_at {
             return Fresh::Valid(tokens);
         }

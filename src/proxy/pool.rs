@@ -75,6 +75,8 @@ pub struct Pool {
 pub struct Answer {
     pub response: Response<PooledBody>,
     pub switched: Option<Conn>,
+    /// When the head came in: the one clock read of the exchange.
+    pub answered: Instant,
 }
 
 impl Pool {
@@ -114,6 +116,7 @@ impl Pool {
                 }
                 Err(e) => return Err(PoolError::Exchange(e)),
             };
+            let answered = Instant::now();
             let mut response = Response::new(());
             *response.status_mut() = head.status;
             *response.version_mut() = head.version;
@@ -125,11 +128,12 @@ impl Pool {
                     BodyReader::new(h1::Framing::Empty),
                     upload,
                     false,
-                    Weak::new(),
+                    (Weak::new(), answered),
                 );
                 return Ok(Answer {
                     response: response.map(|()| body),
                     switched: Some(conn),
+                    answered,
                 });
             }
             let body = PooledBody::new(
@@ -137,11 +141,12 @@ impl Pool {
                 BodyReader::new(head.framing),
                 upload,
                 head.keep_alive,
-                Arc::downgrade(self),
+                (Arc::downgrade(self), answered),
             );
             return Ok(Answer {
                 response: response.map(|()| body),
                 switched: None,
+                answered,
             });
         }
     }
@@ -199,16 +204,13 @@ impl Pool {
 }
 
 /// Puts a connection whose exchange ended cleanly back, if the pool is
-/// still there and has room.
-fn checkin(pool: &Weak<Pool>, conn: Conn) {
+/// still there and has room, idle since `since`.
+fn checkin(pool: &Weak<Pool>, conn: Conn, since: Instant) {
     let Some(pool) = pool.upgrade() else { return };
     if let Ok(mut idle) = pool.idle.lock()
         && idle.len() < pool.max_idle
     {
-        idle.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
+        idle.push(Idle { conn, since });
     }
 }
 
@@ -222,6 +224,12 @@ pub struct PooledBody {
     keep_alive: bool,
     /// Where the connection goes when its exchange is over.
     pool: Weak<Pool>,
+    /// When the answer began, which counts as the start of the
+    /// connection's idle time: not read again at the end (a clock read
+    /// under a hypervisor costs as much as a hash, benches/README.md);
+    /// after a long response that makes the connection look older than
+    /// it is, so it is retired early, never kept too long.
+    answered: Instant,
 }
 
 impl PooledBody {
@@ -230,7 +238,7 @@ impl PooledBody {
         reader: BodyReader,
         upload: Upload,
         keep_alive: bool,
-        pool: Weak<Pool>,
+        (pool, answered): (Weak<Pool>, Instant),
     ) -> PooledBody {
         let mut body = PooledBody {
             conn,
@@ -238,6 +246,7 @@ impl PooledBody {
             upload: (!upload.is_done()).then_some(upload),
             keep_alive,
             pool,
+            answered,
         };
         body.release_if_done();
         body
@@ -259,7 +268,7 @@ impl PooledBody {
             && self.keep_alive
             && conn.buf.is_empty()
         {
-            checkin(&self.pool, conn);
+            checkin(&self.pool, conn, self.answered);
         }
     }
 }

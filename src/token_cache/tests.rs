@@ -170,7 +170,7 @@ async fn a_fresh_token_is_used_without_refreshing() {
         Duration::from_secs(100),
     )
     .await;
-    let t = valid(s.cache.fresh(&s.key, &s.session).await);
+    let t = valid(s.cache.fresh(&s.key, &s.session, Instant::now()).await);
     assert_eq!(t.access_token, "at-0");
     run_for(Duration::from_secs(1)).await;
     assert_eq!(s.fake.calls.load(Ordering::SeqCst), 0);
@@ -186,7 +186,7 @@ async fn near_expiry_refreshes_in_the_background_without_making_the_request_wait
     )
     .await;
     assert_eq!(
-        valid(s.cache.fresh(&s.key, &s.session).await).access_token,
+        valid(s.cache.fresh(&s.key, &s.session, Instant::now()).await).access_token,
         "at-0"
     );
     run_for(Duration::from_millis(10)).await;
@@ -198,7 +198,7 @@ async fn near_expiry_refreshes_in_the_background_without_making_the_request_wait
     run_for(Duration::from_secs(3)).await;
     let before = Instant::now();
     for _ in 0..50 {
-        let t = valid(s.cache.fresh(&s.key, &s.session).await);
+        let t = valid(s.cache.fresh(&s.key, &s.session, Instant::now()).await);
         assert_eq!(t.access_token, "at-0");
     }
     // No request waited: paused time would have moved if one had.
@@ -210,7 +210,7 @@ async fn near_expiry_refreshes_in_the_background_without_making_the_request_wait
         "one background refresh (single flight)"
     );
     run_for(Duration::from_secs(31)).await;
-    let t = valid(s.cache.fresh(&s.key, &s.session).await);
+    let t = valid(s.cache.fresh(&s.key, &s.session, Instant::now()).await);
     assert_eq!(t.access_token, "at-1");
     assert_eq!(s.fake.calls.load(Ordering::SeqCst), 1);
     let text = String::from_utf8(s.metrics.render()).unwrap();
@@ -231,7 +231,7 @@ async fn two_hundred_concurrent_requests_on_an_expired_token_cause_one_refresh()
         let session = s.session.clone();
         let key = s.key.clone();
         tasks.push(tokio::spawn(async move {
-            valid(cache.fresh(&key, &session).await)
+            valid(cache.fresh(&key, &session, Instant::now()).await)
         }));
     }
     for t in tasks {
@@ -251,7 +251,7 @@ async fn a_refused_refresh_ends_the_session() {
     .await;
     run_for(Duration::from_secs(2)).await;
     assert!(matches!(
-        s.cache.fresh(&s.key, &s.session).await,
+        s.cache.fresh(&s.key, &s.session, Instant::now()).await,
         Fresh::Ended
     ));
     assert!(s.store.get(&s.key).await.unwrap().is_none());
@@ -268,13 +268,13 @@ async fn an_idp_outage_keeps_the_current_token_until_it_expires() {
     .await;
     run_for(Duration::from_secs(6)).await; // refresh due at 5 s, expiry at 10 s
     // The background refresh fails (3 attempts over 1 s); the token stays in use.
-    let t = valid(s.cache.fresh(&s.key, &s.session).await);
+    let t = valid(s.cache.fresh(&s.key, &s.session, Instant::now()).await);
     assert_eq!(t.access_token, "at-0");
     run_for(Duration::from_secs(2)).await;
     assert_eq!(s.fake.calls.load(Ordering::SeqCst), 3);
     // The cool-down holds off new attempts.
     assert_eq!(
-        valid(s.cache.fresh(&s.key, &s.session).await).access_token,
+        valid(s.cache.fresh(&s.key, &s.session, Instant::now()).await).access_token,
         "at-0"
     );
     run_for(Duration::from_millis(10)).await;
@@ -283,7 +283,7 @@ async fn an_idp_outage_keeps_the_current_token_until_it_expires() {
     run_for(Duration::from_secs(3)).await;
     let before = Instant::now();
     assert!(matches!(
-        s.cache.fresh(&s.key, &s.session).await,
+        s.cache.fresh(&s.key, &s.session, Instant::now()).await,
         Fresh::Unavailable(_)
     ));
     assert_eq!(Instant::now(), before, "no wait during the cool-down");
@@ -291,7 +291,7 @@ async fn an_idp_outage_keeps_the_current_token_until_it_expires() {
     // After it, one more flight of three attempts; the session survives.
     run_for(Duration::from_secs(2)).await;
     assert!(matches!(
-        s.cache.fresh(&s.key, &s.session).await,
+        s.cache.fresh(&s.key, &s.session, Instant::now()).await,
         Fresh::Unavailable(_)
     ));
     assert_eq!(s.fake.calls.load(Ordering::SeqCst), 6);
@@ -300,7 +300,7 @@ async fn an_idp_outage_keeps_the_current_token_until_it_expires() {
     *s.fake.answer.lock().unwrap() = Answer::Ok;
     run_for(COOL_DOWN).await;
     assert!(
-        valid(s.cache.fresh(&s.key, &s.session).await)
+        valid(s.cache.fresh(&s.key, &s.session, Instant::now()).await)
             .access_token
             .starts_with("at-")
     );
@@ -325,7 +325,7 @@ async fn a_hanging_idp_holds_expired_requests_one_timeout_and_sees_one_schedule_
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let asked = Instant::now();
-            let fresh = cache.fresh(&key, &session).await;
+            let fresh = cache.fresh(&key, &session, Instant::now()).await;
             (
                 matches!(fresh, Fresh::Unavailable(_)),
                 Instant::now() - asked,
@@ -347,7 +347,7 @@ async fn a_hanging_idp_holds_expired_requests_one_timeout_and_sees_one_schedule_
     assert_eq!(s.fake.calls.load(Ordering::SeqCst), 3);
     let asked = Instant::now();
     assert!(matches!(
-        s.cache.fresh(&s.key, &s.session).await,
+        s.cache.fresh(&s.key, &s.session, Instant::now()).await,
         Fresh::Unavailable(_)
     ));
     assert_eq!(Instant::now(), asked, "503 at once during the cool-down");
@@ -368,11 +368,11 @@ async fn an_expired_request_shares_a_background_refresh_already_in_the_air() {
     .await;
     run_for(Duration::from_secs(5)).await;
     assert_eq!(
-        valid(s.cache.fresh(&s.key, &s.session).await).access_token,
+        valid(s.cache.fresh(&s.key, &s.session, Instant::now()).await).access_token,
         "at-0"
     );
     run_for(Duration::from_millis(1500)).await;
-    let t = valid(s.cache.fresh(&s.key, &s.session).await);
+    let t = valid(s.cache.fresh(&s.key, &s.session, Instant::now()).await);
     assert_eq!(t.access_token, "at-1");
     assert_eq!(s.fake.calls.load(Ordering::SeqCst), 1);
 }
@@ -385,15 +385,15 @@ async fn an_answer_without_refresh_token_keeps_the_old_one_and_a_new_one_rotates
     )
     .await;
     run_for(Duration::from_secs(2)).await;
-    let t = valid(s.cache.fresh(&s.key, &s.session).await);
+    let t = valid(s.cache.fresh(&s.key, &s.session, Instant::now()).await);
     assert_eq!(t.refresh_token.as_deref(), Some("rt-0"));
     assert_eq!(t.backend_url.as_deref(), Some("https://backend/"));
     *s.fake.answer.lock().unwrap() = Answer::OkRotating;
     run_for(Duration::from_secs(101)).await;
-    let t = valid(s.cache.fresh(&s.key, &s.session).await);
+    let t = valid(s.cache.fresh(&s.key, &s.session, Instant::now()).await);
     assert_eq!(t.refresh_token.as_deref(), Some("rt-2"));
     run_for(Duration::from_secs(101)).await;
-    valid(s.cache.fresh(&s.key, &s.session).await);
+    valid(s.cache.fresh(&s.key, &s.session, Instant::now()).await);
     let seen = s.fake.seen_refresh_tokens.lock().unwrap().clone();
     assert_eq!(seen, vec!["rt-0", "rt-0", "rt-2"]);
 }
