@@ -51,7 +51,10 @@ def callgrind(cmd, out_dir, cache_sim):
                             stderr=subprocess.DEVNULL)
 
 
-ALLOCATORS = ("malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc")
+# The C allocator's entry points, and mimalloc's (the sidecar's global
+# allocator; C code in the binary, aws-lc, still calls malloc).
+ALLOCATORS = ("malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc",
+              "mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned")
 
 
 def totals(dump):
