@@ -546,14 +546,52 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
+    new_request_id()
+}
+
+/// Request IDs a thread makes in one go: one buffer for 64 of them.
+const IDS_PER_BATCH: usize = 64;
+const ID_LEN: usize = 32;
+
+thread_local! {
+    /// This thread's batch of fresh IDs, and how far it is used.
+    static IDS: std::cell::RefCell<(bytes::Bytes, usize)> =
+        const { std::cell::RefCell::new((bytes::Bytes::new(), 0)) };
+}
+
+/// A new random ID, 32 hex digits. The IDs are cut from a shared buffer
+/// made 64 at a time, so an ID costs no allocation of its own and its
+/// copies (the response header, the upstream header, the access line)
+/// only count references: one made alone was two allocations a request,
+/// its buffer and the shared count of its first copy (callgrind,
+/// benches/README.md, issue 15).
+fn new_request_id() -> HeaderValue {
+    let id = IDS.with(|cell| {
+        let mut ids = cell.borrow_mut();
+        if ids.1 + ID_LEN > ids.0.len() {
+            *ids = (id_batch(), 0);
+        }
+        let start = ids.1;
+        ids.1 += ID_LEN;
+        ids.0.slice(start..start + ID_LEN)
+    });
+    // Hex digits are always a valid header value.
+    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn id_batch() -> bytes::Bytes {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = rand::random::<u128>();
-    let mut id = [0u8; 32];
-    for (i, c) in id.iter_mut().enumerate() {
-        *c = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    let mut buf = vec![0u8; IDS_PER_BATCH * ID_LEN];
+    for id in buf.chunks_exact_mut(ID_LEN) {
+        let bits = rand::random::<u128>().to_be_bytes();
+        for (pair, b) in id.chunks_exact_mut(2).zip(bits) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
+        }
     }
-    // 32 hex digits are always a valid header value.
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    // Its first slice makes the buffer shared (one allocation a batch);
+    // later slices and their clones only count references.
+    bytes::Bytes::from(buf)
 }
 
 /// Puts the canonical path (with the client's query) into the request, so
@@ -577,6 +615,23 @@ fn rewrite_path<B>(req: &mut Request<B>, canonical: Option<String>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_request_ids_are_distinct_hex_across_batches() {
+        let ids: Vec<HeaderValue> = (0..3 * IDS_PER_BATCH + 5)
+            .map(|_| new_request_id())
+            .collect();
+        let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(distinct.len(), ids.len());
+        for id in &ids {
+            assert_eq!(id.len(), ID_LEN);
+            assert!(
+                id.as_bytes()
+                    .iter()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+        }
+    }
 
     #[test]
     fn request_id_is_kept_when_sane_and_replaced_when_not() {
