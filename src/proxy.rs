@@ -144,7 +144,7 @@ impl Upstream {
             && headers::upgrade_allowed(req.headers(), &self.allowed_upgrades);
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         // HTTP/2 clients name the host in :authority, HTTP/1.1 in Host.
         let authority;
         let client_host = match parts.headers.get(header::HOST) {
@@ -201,6 +201,9 @@ impl Upstream {
             res = request => res.map_err(classify)?,
             () = deadline => return Err(ProxyError::UpstreamResponseTimeout),
         };
+        // The head is out for good: the client's header map can hold the
+        // next response head parsed on this thread.
+        h1::recycle_headers(std::mem::take(&mut parts.headers));
         let latency = answer.answered.saturating_duration_since(started);
         let mut resp = answer.response;
 
