@@ -356,7 +356,11 @@ macro_rules! http1_settings {
             // (`activity.rs`); hyper's would arm a timer per request.
             .header_read_timeout(None)
             .max_buf_size(hard_limit($config))
-            .max_headers(512)
+            // hyper's default count, as Envoy's and HAProxy's: within it the
+            // parser's tables sit on the stack; a larger count (this was
+            // 512) allocates two, about 36 KiB, for every request
+            // (callgrind, benches/README.md, issue 15).
+            .max_headers(100)
             .keep_alive(true)
     };
 }
