@@ -29,6 +29,7 @@
 //!   discovery, PKCE, nonce, id_tokens verified against the JWKS).
 //! - [`error`]: request-path errors grouped by fault, mapped to statuses.
 //! - [`metrics`]: every Prometheus metric, on a registry passed in.
+//! - [`memory`]: the allocator (mimalloc), and memory given back after bursts.
 //! - [`config`]: figment layers → typed, validated [`config::Config`].
 //! - [`telemetry`]: tracing subscriber set-up.
 
@@ -43,6 +44,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod memory;
 pub mod metrics;
 pub mod mock_emp;
 pub mod path;

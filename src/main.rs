@@ -17,12 +17,6 @@ use emp_sidecar::mock_emp::{MockEmp, MockOptions};
 use emp_sidecar::server::{self, Listeners};
 use emp_sidecar::telemetry;
 
-/// mimalloc instead of glibc's malloc: a proxied request makes about seven
-/// allocations, and glibc spent about 1 600 instructions a request on them
-/// (callgrind, benches/README.md, issue 15).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for an invalid configuration.
 const EXIT_CONFIG: u8 = 2;
 

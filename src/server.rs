@@ -199,6 +199,7 @@ pub async fn run(
     // long as the server runs.
     prepared.auth.start_store();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (release_tx, release_rx) = watch::channel(0u64);
     let mut senders = Vec::new();
     let mut drained = Vec::new();
     for (i, upstream) in prepared.upstreams.into_iter().enumerate() {
@@ -217,6 +218,7 @@ pub async fn run(
             tls: prepared.tls.clone(),
             stop: stop_rx.clone(),
             scheduling: config.server.worker_scheduling,
+            release: release_rx.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("emp-worker-{i}"))
@@ -256,7 +258,7 @@ pub async fn run(
         )));
     }
 
-    let trimmer = tokio::spawn(return_memory_after_bursts(metrics.clone()));
+    let trimmer = tokio::spawn(return_memory_after_bursts(metrics.clone(), release_tx));
     shutdown.await;
     trimmer.abort();
     tracing::info!("shutting down: no new connections, draining in-flight requests");
@@ -289,13 +291,14 @@ pub async fn run(
 
 /// Gives memory back to the system once a burst of connections is over.
 /// Each connection's buffers and state (about 23 KiB just after a
-/// request, mostly hyper's read and write buffers) go back to glibc's
-/// arenas when it closes or is parked, and glibc keeps them: after 10 000 idle connections closed, RSS stayed at
-/// 326 MiB. Every 2 s, when at least 256 connections fewer are open than
-/// at the last look, or at least 256 more are parked (`park.rs`),
-/// `malloc_trim` returns the free pages (benches/README.md, "Memory per
-/// connection").
-async fn return_memory_after_bursts(metrics: Arc<Metrics>) {
+/// request, mostly hyper's read and write buffers) go back to the
+/// allocator when it closes or is parked, and the allocator keeps them
+/// (with glibc's, RSS stayed at 326 MiB after 10 000 idle connections
+/// closed). Every 2 s, when at least 256 connections fewer are open than
+/// at the last look, or at least 256 more are parked (`park.rs`), every
+/// worker is told through `release` to give its free pages back
+/// ([`crate::memory`]; benches/README.md, "Memory per connection").
+async fn return_memory_after_bursts(metrics: Arc<Metrics>, release: watch::Sender<u64>) {
     const EVERY: Duration = Duration::from_secs(2);
     const DROP: i64 = 256;
     let mut parked_before = 0;
@@ -310,21 +313,20 @@ async fn return_memory_after_bursts(metrics: Arc<Metrics>) {
         let newly_parked = parked - parked_before;
         parked_before = parked;
         if high - open >= DROP || newly_parked >= DROP {
-            trim();
+            release.send_modify(|n| *n += 1);
+            crate::memory::release_this_thread();
+            crate::memory::release_c_heap();
+            tracing::debug!("asked the workers to return free memory to the system");
         }
     }
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim() {
-    // SAFETY: malloc_trim only walks glibc's own arenas; it takes no
-    // pointers from us and is safe to call from any thread at any time.
-    let released = unsafe { libc::malloc_trim(0) };
-    tracing::debug!(released, "returned free memory to the system");
+/// A worker's side of [`return_memory_after_bursts`].
+async fn release_memory_when_told(mut told: watch::Receiver<u64>) {
+    while told.changed().await.is_ok() {
+        crate::memory::release_this_thread();
+    }
 }
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}
 
 /// Hands accepted connections to the workers, round robin.
 struct Dispatch {
@@ -457,6 +459,8 @@ struct Worker {
     tls: Option<TlsAcceptor>,
     stop: watch::Receiver<bool>,
     scheduling: WorkerScheduling,
+    /// Told when a burst of connections is over ([`return_memory_after_bursts`]).
+    release: watch::Receiver<u64>,
 }
 
 impl Worker {
@@ -487,6 +491,7 @@ impl Worker {
         let worker = Arc::new(self);
         runtime.block_on(async {
             let maintenance = tokio::spawn(worker.app.maintenance());
+            let release = tokio::spawn(release_memory_when_told(worker.release.clone()));
             let conns = TaskTracker::new();
             while let Some((stream, peer, kind, permit)) = conns_in.recv().await {
                 match TcpStream::from_std(stream) {
@@ -511,6 +516,7 @@ impl Worker {
             worker.app.tasks.close();
             worker.app.tasks.wait().await;
             maintenance.abort();
+            release.abort();
         });
         crate::access_log::flush();
         let _ = drained.send(());
