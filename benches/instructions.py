@@ -14,6 +14,8 @@ is the figure. Targets:
   sidecar       the sidecar on a skip-auth route
   sidecar-auth  the sidecar on a protected route with a session cookie
                 (logged in through the mock EMP first)
+Every target is sent the same request, that cookie included, as a browser
+would send it whichever proxy fronts the app.
 
 valgrind hides SHA-NI from `cpuid`, so under callgrind the cookie HMAC
 runs the portable SHA-256: the authenticated path's count is higher here
@@ -116,31 +118,32 @@ def main():
                                stderr=subprocess.DEVNULL)
         procs.append((emp, signal.SIGTERM))
         rows = []
+        # The sidecar first: its login gives the cookie every target is
+        # sent (the same request to each, as a browser would send it).
+        conf = o.sidecar_conf(Path(tmp) / "sidecar.toml", sc_port, up_port, emp_port,
+                              server="workers = 1")
+        sc = callgrind([binary, "--config", str(conf)], tmp, args.cache_sim)
+        procs.append((sc, signal.SIGTERM))
+        o.wait_port(sc_port, 60)
+        o.wait_port(emp_port)
+        cookie = [f"Cookie: {o.login(f'http://127.0.0.1:{sc_port}')}"]
         if "nginx" in only:
             conf = o.nginx_conf(tmp, "proxy", o.proxy_block(ngx_port, up_port), workers="1")
             ngx = callgrind(["nginx", "-c", str(conf), "-g", "daemon off; master_process off;"],
                             tmp, args.cache_sim)
             procs.append((ngx, signal.SIGQUIT))
             o.wait_port(ngx_port, 60)
-            ev, n, dump = count(ngx.pid, tmp, f"http://127.0.0.1:{ngx_port}/public/bench",
-                          args.connections, args.duration)
+            ev, n, dump = count(ngx.pid, tmp, f"http://127.0.0.1:{ngx_port}/app/bench",
+                                args.connections, args.duration, cookie)
             rows.append(("nginx", ev, n, dump))
-        if {"sidecar", "sidecar-auth"} & set(only):
-            conf = o.sidecar_conf(Path(tmp) / "sidecar.toml", sc_port, up_port, emp_port,
-                                  server="workers = 1")
-            sc = callgrind([binary, "--config", str(conf)], tmp, args.cache_sim)
-            procs.append((sc, signal.SIGTERM))
-            o.wait_port(sc_port, 60)
-            o.wait_port(emp_port)
-            if "sidecar" in only:
-                ev, n, dump = count(sc.pid, tmp, f"http://127.0.0.1:{sc_port}/public/bench",
-                              args.connections, args.duration)
-                rows.append(("sidecar", ev, n, dump))
-            if "sidecar-auth" in only:
-                cookie = o.login(f"http://127.0.0.1:{sc_port}")
-                ev, n, dump = count(sc.pid, tmp, f"http://127.0.0.1:{sc_port}/app/bench",
-                              args.connections, args.duration, [f"Cookie: {cookie}"])
-                rows.append(("sidecar-auth", ev, n, dump))
+        if "sidecar" in only:
+            ev, n, dump = count(sc.pid, tmp, f"http://127.0.0.1:{sc_port}/public/bench",
+                                args.connections, args.duration, cookie)
+            rows.append(("sidecar", ev, n, dump))
+        if "sidecar-auth" in only:
+            ev, n, dump = count(sc.pid, tmp, f"http://127.0.0.1:{sc_port}/app/bench",
+                                args.connections, args.duration, cookie)
+            rows.append(("sidecar-auth", ev, n, dump))
         if args.keep:
             Path(args.keep).mkdir(parents=True, exist_ok=True)
             for name, _, _, dump in rows:

@@ -7,7 +7,10 @@ answers a fixed 100-byte body):
   nginx    nginx proxy_pass with upstream keepalive (its best configuration)
   sidecar  emp-sidecar on a skip-auth route (no login needed)
   sidecar-auth  emp-sidecar on a protected route with a valid session (logged in
-           through `emp-sidecar mock-emp` before the run; the cookie is sent by wrk)
+           through `emp-sidecar mock-emp` before the run)
+
+Every target gets the same request, the session cookie included (sent by
+wrk), as a browser would send it to whichever proxy fronts the app.
 
 Load: wrk (Debian), 2 threads, 16 and 128 connections. Each (target, connections)
 pair runs ROUNDS times, interleaved (each round starting with another
@@ -374,7 +377,10 @@ def main():
             "sidecar": f"http://127.0.0.1:{sc_port}/public/bench",
             "sidecar-auth": f"http://127.0.0.1:{sc_port}/app/bench",
         }
-        headers = {"sidecar-auth": [f"Cookie: {cookie}"]}
+        # The same request to every target, the session cookie included, as
+        # a browser sends it whichever proxy is in front of the app: nginx
+        # parses and forwards the cookie too.
+        headers = {t: [f"Cookie: {cookie}"] for t in targets}
         # Whose CPU and sleeps each target's row counts: the server wrk talks to.
         servers = {"direct": children(up.pid), "nginx": children(ngx.pid),
                    "sidecar": [sc.pid], "sidecar-auth": [sc.pid]}
@@ -414,7 +420,7 @@ def main():
                 for t in ("sidecar-auth", "sidecar"):
                     ratios = []
                     for r in range(args.rounds):
-                        order = [("nginx", targets["nginx"], (), nginx_own),
+                        order = [("nginx", targets["nginx"], headers["nginx"], nginx_own),
                                  (t, targets[t], headers.get(t, ()), [sc.pid])]
                         if r % 2:
                             order.reverse()

@@ -127,13 +127,17 @@ def main():
         upstream = o.children(up.pid)
         nginx_pids = o.children(ngx.pid) + upstream
         runs = {
-            ("h2c", "nginx"): (f"http://127.0.0.1:{ngx_ports['h2c']}/app/bench", "h2", ()),
+            # nginx gets the same cookie: the same request to both.
+            ("h2c", "nginx"): (f"http://127.0.0.1:{ngx_ports['h2c']}/app/bench", "h2",
+                               (f"cookie: {cookies['plain']}",)),
             ("h2c", "sidecar"): (f"http://127.0.0.1:{sc_port}/app/bench", "h2",
                                  (f"cookie: {cookies['plain']}",)),
-            ("tls-h1", "nginx"): (f"https://127.0.0.1:{ngx_ports['tls']}/app/bench", "wrk", ()),
+            ("tls-h1", "nginx"): (f"https://127.0.0.1:{ngx_ports['tls']}/app/bench", "wrk",
+                                  (f"Cookie: {cookies['tls']}",)),
             ("tls-h1", "sidecar"): (f"https://127.0.0.1:{tls_port}/app/bench", "wrk",
                                     (f"Cookie: {cookies['tls']}",)),
-            ("tls-h2", "nginx"): (f"https://127.0.0.1:{ngx_ports['tls']}/app/bench", "h2", ()),
+            ("tls-h2", "nginx"): (f"https://127.0.0.1:{ngx_ports['tls']}/app/bench", "h2",
+                                  (f"cookie: {cookies['tls']}",)),
             ("tls-h2", "sidecar"): (f"https://127.0.0.1:{tls_port}/app/bench", "h2",
                                     (f"cookie: {cookies['tls']}",)),
         }
