@@ -10,16 +10,25 @@
 //! again. A worker that goes quiet after a burst of connections would
 //! keep the burst's memory, so the server asks each worker to
 //! [`release_this_thread`] when a burst is over (`server.rs`).
+//!
+//! The default feature `mimalloc` sets it; the fuzz targets build without
+//! it, so that a sanitizer sees every allocation.
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Returns this thread's free mimalloc pages to the system.
+#[cfg(feature = "mimalloc")]
 pub fn release_this_thread() {
     // SAFETY: mi_collect only walks the calling thread's own heap and the
     // segments abandoned by ended threads; it takes no pointers from us.
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
+
+/// Without mimalloc, freed memory is glibc's: [`release_c_heap`] covers it.
+#[cfg(not(feature = "mimalloc"))]
+pub fn release_this_thread() {}
 
 /// Returns what glibc's malloc holds free: the C libraries in the binary
 /// (aws-lc) allocate through it.
