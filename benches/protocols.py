@@ -126,21 +126,16 @@ def main():
                    "tls": o.login(f"https://127.0.0.1:{tls_port}")}
         upstream = o.children(up.pid)
         nginx_pids = o.children(ngx.pid) + upstream
-        runs = {
-            # nginx gets the same cookie: the same request to both.
-            ("h2c", "nginx"): (f"http://127.0.0.1:{ngx_ports['h2c']}/app/bench", "h2",
-                               (f"cookie: {cookies['plain']}",)),
-            ("h2c", "sidecar"): (f"http://127.0.0.1:{sc_port}/app/bench", "h2",
-                                 (f"cookie: {cookies['plain']}",)),
-            ("tls-h1", "nginx"): (f"https://127.0.0.1:{ngx_ports['tls']}/app/bench", "wrk",
-                                  (f"Cookie: {cookies['tls']}",)),
-            ("tls-h1", "sidecar"): (f"https://127.0.0.1:{tls_port}/app/bench", "wrk",
-                                    (f"Cookie: {cookies['tls']}",)),
-            ("tls-h2", "nginx"): (f"https://127.0.0.1:{ngx_ports['tls']}/app/bench", "h2",
-                                  (f"cookie: {cookies['tls']}",)),
-            ("tls-h2", "sidecar"): (f"https://127.0.0.1:{tls_port}/app/bench", "h2",
-                                    (f"cookie: {cookies['tls']}",)),
-        }
+        # Each load: scheme, nginx's port, the sidecar's, the load tool and
+        # which sidecar. nginx gets the same cookie: the same request to both.
+        loads = {"h2c": ("http", ngx_ports["h2c"], sc_port, "h2", "plain"),
+                 "tls-h1": ("https", ngx_ports["tls"], tls_port, "wrk", "tls"),
+                 "tls-h2": ("https", ngx_ports["tls"], tls_port, "h2", "tls")}
+        runs = {}
+        for load, (scheme, ngx_port, port, tool, who) in loads.items():
+            cookie = (f"{'Cookie' if tool == 'wrk' else 'cookie'}: {cookies[who]}",)
+            for target, p in (("nginx", ngx_port), ("sidecar", port)):
+                runs[(load, target)] = (f"{scheme}://127.0.0.1:{p}/app/bench", tool, cookie)
         pids = {"nginx": nginx_pids, "plain": [sidecars["plain"].pid] + upstream,
                 "tls": [sidecars["tls"].pid] + upstream}
 
