@@ -901,7 +901,13 @@ impl SessionStore for RedisStore {
                         // Whatever was published while this replica was
                         // away is lost: start over from Redis.
                         Ok(_) if !connected_before => connected_before = true,
+                        // fred resubscribes after the reconnection, and a
+                        // copy cached before that would miss its change
+                        // message: drop every copy once the subscription
+                        // is confirmed (a second SUBSCRIBE to the channel
+                        // is a no-op for Redis).
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = subscriber.subscribe(channel.as_str()).await;
                             local.invalidate_all();
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
