@@ -1,7 +1,7 @@
 //! Per-connection activity, for the keep-alive idle timeout and the request
 //! head timeout: the socket counts its reads and writes, the request path
-//! counts requests in flight, and one watchdog per connection checks both
-//! with a coarse tick (a quarter of the shorter timeout), the way nginx
+//! counts requests in flight, and one watchdog per connection checks them
+//! with a coarse tick (a quarter of the shortest timeout), the way nginx
 //! keeps lazy timers. Nothing on the request path arms a timer.
 //!
 //! - Idle: no request in flight and none started for a full
@@ -14,6 +14,10 @@
 //!   (slowloris). HTTP/2 connections are exempt once their first request has
 //!   started: between requests they read PING, SETTINGS and WINDOW_UPDATE
 //!   frames, which are not request heads.
+//! - Late upstream: an HTTP/1 request (served in the connection's task) has
+//!   waited `upstream.response_header_timeout` for its response head
+//!   ([`UpstreamWait`]); the watchdog flags it and the request answers 504.
+//!   HTTP/2 streams run in tasks of their own and keep a timer.
 //!
 //! hyper's own `header_read_timeout` did the head part before, but it boxed a
 //! fresh timer for every request on a keep-alive connection (1 400
@@ -41,6 +45,11 @@ pub struct ConnActivity {
     h2: AtomicBool,
     /// Bytes were handed to the socket and not flushed since.
     unflushed: AtomicBool,
+    /// A request served in the connection's own task waits for its
+    /// upstream's response head, timed by the watchdog ([`UpstreamWait`]).
+    awaiting_upstream: AtomicBool,
+    /// The watchdog found that wait longer than the response-head timeout.
+    upstream_late: AtomicBool,
 }
 
 impl ConnActivity {
@@ -62,6 +71,16 @@ impl ConnActivity {
             && !self.reading_head.load(Ordering::Relaxed)
             && !self.unflushed.load(Ordering::Relaxed)
     }
+    /// Starts the watchdog's response-head clock for an HTTP/1 request:
+    /// its connection's task polls both the request and the watchdog, so
+    /// the request needs no timer of its own (a timer registered and
+    /// removed every request, ~500 instructions, benches/README.md). The
+    /// clock stops when the guard is dropped.
+    pub fn upstream_wait(&self) -> UpstreamWait<'_> {
+        self.upstream_late.store(false, Ordering::Relaxed);
+        self.awaiting_upstream.store(true, Ordering::Relaxed);
+        UpstreamWait(self)
+    }
     fn bytes_read(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0
             && !self.h2.load(Ordering::Relaxed)
@@ -69,6 +88,31 @@ impl ConnActivity {
         {
             self.reading_head.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+/// A request's wait for its upstream's response head, timed by its
+/// connection's watchdog ([`ConnActivity::upstream_wait`]).
+pub struct UpstreamWait<'a>(&'a ConnActivity);
+
+impl UpstreamWait<'_> {
+    /// Resolves once the watchdog has found the wait longer than the
+    /// response-head timeout. Registers no waker: the watchdog runs in the
+    /// same task (the connection's) and wakes it when it sets the flag.
+    pub fn late(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|_| {
+            if self.0.upstream_late.load(Ordering::Relaxed) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+}
+
+impl Drop for UpstreamWait<'_> {
+    fn drop(&mut self) {
+        self.0.awaiting_upstream.store(false, Ordering::Relaxed);
     }
 }
 
@@ -96,19 +140,23 @@ pub enum Expired {
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// One per connection: checks its [`ConnActivity`] with a coarse tick (a
-/// quarter of the shorter timeout, at most [`PARK_AFTER`]). Each `Idle` or
-/// `Head` fires between 1× and 1.25× its timeout (the shorter one; the
-/// longer one is rounded up to whole ticks). A parked connection does not
-/// tick: it sleeps until [`Watchdog::idle_left`] has passed.
+/// quarter of the shortest timeout, at most [`PARK_AFTER`]). Each `Idle`,
+/// `Head` or late upstream fires between 1× and 1.25× its timeout (the
+/// shortest one; the longer ones are rounded up to whole ticks, so at
+/// most a tick, 1 s, late). A parked connection does not tick: it sleeps
+/// until [`Watchdog::idle_left`] has passed.
 pub struct Watchdog {
     activity: Arc<ConnActivity>,
     tick: Duration,
     idle_ticks: u128,
     head_ticks: u128,
+    response_ticks: u128,
     park_ticks: u128,
     last_started: u64,
     quiet: u128,
     heading: u128,
+    /// Ticks a request has waited for its upstream's response head.
+    waiting: u128,
     /// `Quiet` was reported in this quiet spell.
     reported: bool,
     /// The client's socket, peeked at each tick while a request is in flight.
@@ -116,9 +164,17 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    pub fn new(activity: Arc<ConnActivity>, idle: Duration, head: Duration) -> Watchdog {
+    /// `idle`, `head`: the server's keep-alive and request-head timeouts;
+    /// `response`: the upstream's response-head timeout, for the requests
+    /// that wait for it in the connection's task ([`UpstreamWait`]).
+    pub fn new(
+        activity: Arc<ConnActivity>,
+        idle: Duration,
+        head: Duration,
+        response: Duration,
+    ) -> Watchdog {
         const CHECKS: u32 = 4;
-        let tick = (idle.min(head) / CHECKS)
+        let tick = (idle.min(head).min(response) / CHECKS)
             .min(PARK_AFTER)
             .max(Duration::from_millis(1));
         let ticks_for = |t: Duration| t.as_nanos().div_ceil(tick.as_nanos()).max(1);
@@ -128,10 +184,12 @@ impl Watchdog {
             tick,
             idle_ticks: ticks_for(idle),
             head_ticks: ticks_for(head),
+            response_ticks: ticks_for(response),
             park_ticks: ticks_for(PARK_AFTER),
             last_started,
             quiet: 0,
             heading: 0,
+            waiting: 0,
             reported: false,
             peer: None,
         }
@@ -184,9 +242,22 @@ impl Watchdog {
             } else {
                 self.heading = 0;
             }
+            // Counted like `heading`; a new request restarts the count.
+            self.waiting = match activity.awaiting_upstream.load(Ordering::Relaxed) {
+                false => 0,
+                true if busy && started == self.last_started => self.waiting + 1,
+                true => 1,
+            };
             self.last_started = started;
             if self.heading > self.head_ticks {
                 return Expired::Head;
+            }
+            if self.waiting > self.response_ticks
+                && !activity.upstream_late.swap(true, Ordering::Relaxed)
+            {
+                // The request checks the flag when its task is polled next:
+                // this task (`UpstreamWait::late`).
+                tokio::task::yield_now().await;
             }
             if self.quiet >= self.idle_ticks {
                 return Expired::Idle;
@@ -231,9 +302,15 @@ fn peer_hung_up(_fd: RawFd) -> bool {
 }
 
 /// Resolves when the connection has been idle for `idle` or has been
-/// reading one request head for `head` ([`Watchdog`] without parking).
-pub async fn watchdog(activity: Arc<ConnActivity>, idle: Duration, head: Duration) -> Expired {
-    let mut w = Watchdog::new(activity, idle, head);
+/// reading one request head for `head` ([`Watchdog`] without parking); an
+/// upstream later than `response` is flagged on the way.
+pub async fn watchdog(
+    activity: Arc<ConnActivity>,
+    idle: Duration,
+    head: Duration,
+    response: Duration,
+) -> Expired {
+    let mut w = Watchdog::new(activity, idle, head, response);
     loop {
         match w.next().await {
             Expired::Quiet => {}
@@ -323,6 +400,61 @@ impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt as _;
+
+    /// Runs `requests` one after another on a connection, each waiting
+    /// for its upstream for its given time (`None`: until flagged late),
+    /// polled in one task with the watchdog, as a connection is. Returns
+    /// how long the last one waited until the watchdog flagged it.
+    async fn last_flagged_after(
+        activity: &ConnActivity,
+        w: &mut Watchdog,
+        requests: &[Option<Duration>],
+    ) -> Duration {
+        let requests = async {
+            // Mid-tick, so a bound off by a tick shows.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut took = Duration::ZERO;
+            for waits in requests {
+                activity.request_started(false);
+                let wait = activity.upstream_wait();
+                let from = tokio::time::Instant::now();
+                match waits {
+                    Some(d) => tokio::select! {
+                        () = wait.late() => panic!("flagged after {:?}", from.elapsed()),
+                        () = tokio::time::sleep(*d) => {}
+                    },
+                    None => wait.late().await,
+                }
+                took = from.elapsed();
+                drop(wait);
+                activity.request_done();
+            }
+            took
+        };
+        tokio::select! {
+            took = requests => took,
+            e = w.next() => panic!("the watchdog reported {e:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_flags_an_upstream_later_than_the_response_head_timeout() {
+        let activity = Arc::new(ConnActivity::default());
+        let second = Duration::from_secs(1);
+        // A 250 ms tick.
+        let mut w = Watchdog::new(activity.clone(), 60 * second, 30 * second, second);
+        let within = |took: Duration| took >= second && took <= second * 5 / 4;
+        // Flagged between 1× and 1.25× the timeout.
+        let took = last_flagged_after(&activity, &mut w, &[None]).await;
+        assert!(within(took), "{took:?}");
+        // Each request on the connection gets a clock of its own: waits
+        // that ended in time (together longer than the timeout) leave
+        // nothing behind.
+        let ms = Duration::from_millis;
+        let took =
+            last_flagged_after(&activity, &mut w, &[Some(ms(800)), Some(ms(700)), None]).await;
+        assert!(within(took), "{took:?}");
+    }
 
     #[tokio::test]
     async fn a_write_not_yet_flushed_keeps_a_connection_from_parking() {

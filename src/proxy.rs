@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
+use crate::activity::ConnActivity;
 use crate::body::Body;
 use crate::config::{Config, HostHeader, Problem};
 use crate::error::ProxyError;
@@ -76,6 +77,9 @@ pub struct ClientInfo<'a> {
     pub ip: &'a HeaderValue,
     pub tls: bool,
     pub request_id: &'a HeaderValue,
+    /// The connection's activity, when its watchdog times the response
+    /// head (an HTTP/1 request, polled in the connection's task).
+    pub watched: Option<&'a ConnActivity>,
 }
 
 impl Upstream {
@@ -187,20 +191,28 @@ impl Upstream {
         // The response-head timeout runs from the moment the request body has
         // been sent in full, so a long upload is not mistaken for a slow app.
         let timeout = self.response_header_timeout;
+        // Nothing to upload on an HTTP/1 connection (the usual case): its
+        // watchdog keeps the clock, and no timer is armed.
+        let watched = match (&sent, client.watched) {
+            (None, Some(activity)) => Some(activity.upstream_wait()),
+            _ => None,
+        };
         let deadline = async {
-            match sent {
-                Some(sent) => {
+            match (sent, &watched) {
+                (_, Some(wait)) => wait.late().await,
+                (Some(sent), None) => {
                     sent.notified().await;
                     tokio::time::sleep(timeout).await;
                 }
                 // Nothing to upload: the clock runs from now (read once).
-                None => tokio::time::sleep_until((started + timeout).into()).await,
+                (None, None) => tokio::time::sleep_until((started + timeout).into()).await,
             }
         };
         let answer = tokio::select! {
             res = request => res.map_err(classify)?,
             () = deadline => return Err(ProxyError::UpstreamResponseTimeout),
         };
+        drop(watched);
         // The head is out for good: the client's header map can hold the
         // next response head parsed on this thread.
         h1::recycle_headers(std::mem::take(&mut parts.headers));

@@ -495,6 +495,9 @@ impl App {
             ip: &conn.peer_ip,
             tls: conn.tls,
             request_id,
+            // HTTP/1 requests run in their connection's task, with its
+            // watchdog; HTTP/2 streams in tasks of their own.
+            watched: (req.version() != http::Version::HTTP_2).then_some(&*conn.activity),
         };
         self.upstream
             .forward(req, client, added, &self.tasks)

@@ -627,7 +627,12 @@ async fn serve_io<I>(
         .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let server = &ctx.app.config.server;
-    let watchdog = activity::watchdog(activity, server.idle_timeout, server.header_read_timeout);
+    let watchdog = activity::watchdog(
+        activity,
+        server.idle_timeout,
+        server.header_read_timeout,
+        ctx.app.config.upstream.response_header_timeout,
+    );
     tokio::pin!(watchdog);
     let mut stop = ctx.stop.clone();
     let mut closing = *stop.borrow();

@@ -255,9 +255,11 @@ async fn tls_termination_serves_h2_by_alpn_and_http1() {
     let up = upstream::start(None).await;
     let conf = Conf::new(&up.url())
         .server(&format!("tls_cert = {cert:?}"))
-        .server(&format!("tls_key = {key:?}"));
+        .server(&format!("tls_key = {key:?}"))
+        .upstream("response_header_timeout = \"300ms\"");
     let sc = Sidecar::start(&conf).await;
     let url = format!("https://localhost:{}/public/echo", sc.addr.port());
+    let slow = format!("https://localhost:{}/public/slow?ms=5000", sc.addr.port());
     for (h1_only, version) in [
         (false, reqwest::Version::HTTP_2),
         (true, reqwest::Version::HTTP_11),
@@ -269,10 +271,15 @@ async fn tls_termination_serves_h2_by_alpn_and_http1() {
         if h1_only {
             b = b.http1_only();
         }
-        let resp = b.build().unwrap().get(&url).send().await.unwrap();
+        let client = b.build().unwrap();
+        let resp = client.get(&url).send().await.unwrap();
         assert_eq!(resp.version(), version);
         let echo: Value = resp.json().await.unwrap();
         assert_eq!(seen(&echo, "x-forwarded-proto"), ["https"]);
+        // The response-head timeout holds on both (HTTP/1: the TLS
+        // connection's watchdog; HTTP/2: the stream's timer).
+        let resp = client.get(&slow).send().await.unwrap();
+        assert_eq!((resp.version(), resp.status().as_u16()), (version, 504));
     }
     // Plain HTTP on the TLS port is refused, not served.
     let plain = http_client()
@@ -418,6 +425,17 @@ async fn gateway_timeout_when_upstream_is_too_slow() {
     assert_eq!(resp.status(), 504);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "gateway_timeout");
+    // HTTP/2 streams run in tasks of their own, with a timer of their own.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2.get(sc.url("/public/slow?ms=5000")).send().await.unwrap();
+    assert_eq!(
+        (resp.version(), resp.status().as_u16()),
+        (reqwest::Version::HTTP_2, 504)
+    );
     // Within the limit the same route answers.
     let resp = client
         .get(sc.url("/public/slow?ms=10"))
@@ -426,7 +444,7 @@ async fn gateway_timeout_when_upstream_is_too_slow() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let metrics = support::get_text(&sc.url("/metrics")).await;
-    assert!(metrics.contains(r#"emp_sidecar_upstream_errors_total{kind="response_timeout"} 1"#));
+    assert!(metrics.contains(r#"emp_sidecar_upstream_errors_total{kind="response_timeout"} 2"#));
     sc.shutdown().await;
 }
 

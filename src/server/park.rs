@@ -151,8 +151,12 @@ pub(super) async fn serve_h1(
     let mut service =
         service_fn(move |req: hyper::Request<Incoming>| app.clone().handle(conn.clone(), req));
     let server = &worker.app.config.server;
-    let mut watchdog =
-        activity::Watchdog::new(activity, server.idle_timeout, server.header_read_timeout);
+    let mut watchdog = activity::Watchdog::new(
+        activity,
+        server.idle_timeout,
+        server.header_read_timeout,
+        worker.app.config.upstream.response_header_timeout,
+    );
     // hyper serves these with `half_close`: the watchdog notices a client
     // that leaves mid-request. The socket lives as long as this function.
     watchdog.watch_peer(io.get_ref().inner.as_raw_fd());
