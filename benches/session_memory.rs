@@ -30,14 +30,14 @@ fn rss_bytes() -> u64 {
 fn session(n: usize) -> Session {
     shape::dr_session(n, |claims| {
         let user = claims["sub"].as_str().unwrap();
-        Identity {
-            user: HeaderValue::try_from(user).ok(),
-            email: HeaderValue::try_from(format!("{user}@example.com")).ok(),
-            claim_headers: vec![(
+        Identity::new(
+            HeaderValue::try_from(user).ok(),
+            HeaderValue::try_from(format!("{user}@example.com")).ok(),
+            vec![(
                 HeaderName::from_static("x-auth-request-user"),
                 HeaderValue::try_from(user).unwrap(),
             )],
-        }
+        )
     })
 }
 

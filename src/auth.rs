@@ -200,8 +200,8 @@ impl Auth {
     /// client's `Authorization` (the token) goes on as it is.
     pub fn added_bearer<'a>(&self, verified: &'a bearer::Verified) -> Added<'a> {
         Added {
-            access_token: self.inject_access_token.then_some(&verified.access_header),
-            claims: &verified.profile.identity.claim_headers,
+            token_lines: verified.headers.lines(false, self.inject_access_token),
+            claim_lines: &verified.profile.identity.claim_lines,
             ..Added::default()
         }
     }
@@ -220,7 +220,7 @@ impl Auth {
         }
         h.insert(
             X_AUTH_REQUEST_ACCESS_TOKEN.clone(),
-            verified.access_header.clone(),
+            verified.headers.access.clone(),
         );
         for (name, value) in &identity.claim_headers {
             h.insert(name.clone(), value.clone());
@@ -234,9 +234,11 @@ impl Auth {
     /// client's `Authorization` neither, when the session's token replaces it.
     pub fn added<'a>(&'a self, profile: &'a Profile, tokens: &'a Tokens) -> Added<'a> {
         Added {
-            authorization: self.inject_authorization.then_some(&tokens.bearer),
-            access_token: self.inject_access_token.then_some(&tokens.access_header),
-            claims: &profile.identity.claim_headers,
+            token_lines: tokens
+                .headers
+                .lines(self.inject_authorization, self.inject_access_token),
+            authorization: self.inject_authorization,
+            claim_lines: &profile.identity.claim_lines,
             backend_url: self
                 .backend_header
                 .as_ref()
@@ -259,7 +261,7 @@ impl Auth {
         }
         h.insert(
             X_AUTH_REQUEST_ACCESS_TOKEN.clone(),
-            tokens.access_header.clone(),
+            tokens.headers.access.clone(),
         );
         for (name, value) in &profile.identity.claim_headers {
             h.insert(name.clone(), value.clone());

@@ -46,29 +46,19 @@ pub struct Upstream {
 /// Headers the sidecar adds to a forwarded request (the identity of the
 /// session or bearer token), written straight into the upstream head after
 /// the request's own, whose versions of these names never pass
-/// ([`headers::UpstreamHead`]; `Authorization` when replaced).
+/// ([`headers::UpstreamHead`]; `Authorization` when replaced). The token's
+/// and the claims' lines come rendered (`name: value\r\n` each), once per
+/// token and per login, and are copied as they are.
 #[derive(Clone, Copy, Default)]
 pub struct Added<'a> {
-    pub authorization: Option<&'a HeaderValue>,
-    pub access_token: Option<&'a HeaderValue>,
-    pub claims: &'a [(HeaderName, HeaderValue)],
+    /// `Authorization: Bearer` and/or `X-Forwarded-Access-Token`
+    /// ([`crate::session::TokenHeaders::lines`]).
+    pub token_lines: &'a [u8],
+    /// `token_lines` carries `Authorization`: the client's does not pass.
+    pub authorization: bool,
+    /// `[headers.claims]` ([`crate::session::Identity::claim_lines`]).
+    pub claim_lines: &'a [u8],
     pub backend_url: Option<(&'a HeaderName, &'a HeaderValue)>,
-}
-
-impl<'a> Added<'a> {
-    pub fn iter(self) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> {
-        static AUTHORIZATION: HeaderName = header::AUTHORIZATION;
-        let fixed = [
-            self.authorization.map(|v| (&AUTHORIZATION, v)),
-            self.access_token
-                .map(|v| (&headers::X_FORWARDED_ACCESS_TOKEN, v)),
-        ];
-        fixed
-            .into_iter()
-            .flatten()
-            .chain(self.claims.iter().map(|(n, v)| (n, v)))
-            .chain(self.backend_url)
-    }
 }
 
 /// What the proxy needs to know about the client's connection.

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use rand::RngCore as _;
 use serde_json::Value;
@@ -41,10 +42,8 @@ pub fn random_token() -> String {
 /// The tokens of a session at one moment; replaced whole on refresh.
 pub struct Tokens {
     pub access_token: String,
-    /// `Bearer <access token>`, ready for the upstream.
-    pub bearer: HeaderValue,
-    /// The access token as a header value (`X-Forwarded-Access-Token`).
-    pub access_header: HeaderValue,
+    /// Its upstream header lines, and the token as a header value.
+    pub headers: TokenHeaders,
     pub refresh_token: Option<String>,
     pub expires_at: Instant,
     /// The lifetime the IdP gave the access token (`expires_in`).
@@ -71,16 +70,11 @@ impl std::fmt::Debug for Tokens {
 impl Tokens {
     /// Tokens issued `now`; `None` when the access token cannot be a header value.
     pub fn issued(set: TokenSet, now: Instant, margin: Duration) -> Option<Tokens> {
-        let bearer = HeaderValue::try_from(format!("Bearer {}", set.access_token)).ok()?;
-        let mut access_header = HeaderValue::try_from(set.access_token.as_str()).ok()?;
-        access_header.set_sensitive(true);
-        let mut bearer = bearer;
-        bearer.set_sensitive(true);
+        let headers = TokenHeaders::new(&set.access_token)?;
         let margin = margin.min(set.expires_in / 2);
         Some(Tokens {
             access_token: set.access_token,
-            bearer,
-            access_header,
+            headers,
             refresh_token: set.refresh_token,
             expires_at: now + set.expires_in,
             lifetime: set.expires_in,
@@ -93,6 +87,79 @@ impl Tokens {
             id_token: set.id_token,
         })
     }
+}
+
+/// An access token's upstream header lines, rendered once per token:
+/// `authorization: Bearer <token>\r\nx-forwarded-access-token: <token>\r\n`.
+/// A proxied request copies the ones it injects in one piece instead of
+/// writing each name and value (benches/README.md, issue 15); the header
+/// value is a view of the same bytes, so the token is held once here.
+#[derive(Clone)]
+pub struct TokenHeaders {
+    lines: Bytes,
+    /// Where the `X-Forwarded-Access-Token` line starts.
+    access_at: usize,
+    /// The token as a header value (`X-Forwarded-Access-Token`, and
+    /// `X-Auth-Request-Access-Token` for `/oauth2/auth`); sensitive.
+    pub access: HeaderValue,
+}
+
+/// Never the token itself.
+impl std::fmt::Debug for TokenHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenHeaders").finish_non_exhaustive()
+    }
+}
+
+impl TokenHeaders {
+    /// `None` when the token cannot be a header value.
+    pub fn new(token: &str) -> Option<TokenHeaders> {
+        const AUTHORIZATION: &str = "authorization: Bearer ";
+        const ACCESS: &str = "x-forwarded-access-token: ";
+        let mut lines =
+            BytesMut::with_capacity(AUTHORIZATION.len() + ACCESS.len() + 4 + 2 * token.len());
+        for name in [AUTHORIZATION, ACCESS] {
+            lines.extend_from_slice(name.as_bytes());
+            lines.extend_from_slice(token.as_bytes());
+            lines.extend_from_slice(b"\r\n");
+        }
+        let lines = lines.freeze();
+        let access_at = AUTHORIZATION.len() + token.len() + 2;
+        let value_at = access_at + ACCESS.len();
+        // Validates the token as header text (no CR, LF or other controls).
+        let mut access =
+            HeaderValue::from_maybe_shared(lines.slice(value_at..value_at + token.len())).ok()?;
+        access.set_sensitive(true);
+        Some(TokenHeaders {
+            lines,
+            access_at,
+            access,
+        })
+    }
+
+    /// The lines to inject: `Authorization`, `X-Forwarded-Access-Token`,
+    /// both or neither.
+    pub fn lines(&self, authorization: bool, access_token: bool) -> &[u8] {
+        let (from, to) = match (authorization, access_token) {
+            (true, true) => (0, self.lines.len()),
+            (true, false) => (0, self.access_at),
+            (false, true) => (self.access_at, self.lines.len()),
+            (false, false) => (0, 0),
+        };
+        &self.lines[from..to]
+    }
+}
+
+/// Header lines (`name: value\r\n` each), written as they are.
+fn render_lines(headers: &[(HeaderName, HeaderValue)]) -> Bytes {
+    let mut lines = BytesMut::new();
+    for (name, value) in headers {
+        lines.extend_from_slice(name.as_str().as_bytes());
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(value.as_bytes());
+        lines.extend_from_slice(b"\r\n");
+    }
+    lines.freeze()
 }
 
 /// The value at an RFC 6901 pointer, as header text (strings as they are,
@@ -141,15 +208,14 @@ impl IdentityRules {
     }
 
     pub fn identity(&self, claims: &serde_json::Value) -> Identity {
-        Identity {
-            user: claim_text(claims, &self.user_claim),
-            email: claim_text(claims, &self.email_claim),
-            claim_headers: self
-                .claims
+        Identity::new(
+            claim_text(claims, &self.user_claim),
+            claim_text(claims, &self.email_claim),
+            self.claims
                 .iter()
                 .filter_map(|(name, pointer)| Some((name.clone(), claim_text(claims, pointer)?)))
                 .collect(),
-        }
+        )
     }
 }
 
@@ -160,6 +226,23 @@ pub struct Identity {
     pub email: Option<HeaderValue>,
     /// `[headers.claims]`, resolved against the claims.
     pub claim_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The same as upstream header lines, ready to copy.
+    pub claim_lines: Bytes,
+}
+
+impl Identity {
+    pub fn new(
+        user: Option<HeaderValue>,
+        email: Option<HeaderValue>,
+        claim_headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Identity {
+        Identity {
+            user,
+            email,
+            claim_lines: render_lines(&claim_headers),
+            claim_headers,
+        }
+    }
 }
 
 /// How a refresh flight ended, as its waiters learn it.
@@ -470,6 +553,40 @@ pub fn state_digest(state: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_tokens_header_lines_are_rendered_once_and_picked_by_the_settings() {
+        let t = TokenHeaders::new("abc.def").unwrap();
+        let text = |a, b| String::from_utf8(t.lines(a, b).to_vec()).unwrap();
+        let authorization = "authorization: Bearer abc.def\r\n";
+        let access = "x-forwarded-access-token: abc.def\r\n";
+        assert_eq!(text(true, true), format!("{authorization}{access}"));
+        assert_eq!(text(true, false), authorization);
+        assert_eq!(text(false, true), access);
+        assert_eq!(text(false, false), "");
+        assert_eq!(t.access, "abc.def");
+        assert!(t.access.is_sensitive());
+        assert!(!format!("{t:?}").contains("abc"));
+        // A token that is no header text gives no lines to inject.
+        for bad in ["a\r\nx-evil: 1", "a\nb", "a\0b"] {
+            assert!(TokenHeaders::new(bad).is_none(), "{bad:?}");
+        }
+        let id = Identity::new(
+            None,
+            None,
+            vec![
+                (
+                    HeaderName::from_static("x-group"),
+                    HeaderValue::from_static("a,b"),
+                ),
+                (
+                    HeaderName::from_static("x-user"),
+                    HeaderValue::from_static("u1"),
+                ),
+            ],
+        );
+        assert_eq!(&id.claim_lines[..], b"x-group: a,b\r\nx-user: u1\r\n");
+    }
 
     #[test]
     fn claims_become_header_text() {

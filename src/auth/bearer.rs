@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderMap;
-use http::header::{self, HeaderValue};
+use http::header;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::Config;
 use crate::metrics::{BearerResult, Metrics};
 use crate::provider::{BearerIssuer, BearerRefusal};
-use crate::session::{IdentityRules, Profile};
+use crate::session::{IdentityRules, Profile, TokenHeaders};
 
 /// Verified tokens kept at most.
 const CACHE_ENTRIES: u64 = 10_000;
@@ -34,8 +34,9 @@ const MAX_JWT_CACHE: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct Verified {
     pub profile: Profile,
-    /// The token as a header value (`X-Forwarded-Access-Token`).
-    pub access_header: HeaderValue,
+    /// Its `X-Forwarded-Access-Token` line and header value (the client's
+    /// `Authorization` goes upstream as it is).
+    pub headers: TokenHeaders,
 }
 
 #[derive(Clone)]
@@ -161,8 +162,8 @@ impl Bearer {
         &self,
         token: &str,
     ) -> Result<(Arc<Verified>, Duration), (BearerRefusal, bool)> {
-        let access_header = HeaderValue::try_from(token)
-            .map_err(|_| (BearerRefusal::Invalid("not a header value".into()), false))?;
+        let headers = TokenHeaders::new(token)
+            .ok_or((BearerRefusal::Invalid("not a header value".into()), false))?;
         let (claims, ttl) = match unverified_issuer(token) {
             Some(iss) => {
                 let Some(i) = self.issuer_for(&iss) else {
@@ -194,7 +195,7 @@ impl Bearer {
         Ok((
             Arc::new(Verified {
                 profile: Profile::new(&claims, identity),
-                access_header,
+                headers,
             }),
             ttl,
         ))
@@ -204,6 +205,7 @@ impl Bearer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn the_token_comes_from_a_bearer_authorization_only() {

@@ -273,7 +273,9 @@ impl UpstreamHead<'_> {
         if self.upgrading {
             out.extend_from_slice(b"connection: upgrade\r\n");
         }
-        for (name, value) in self.added.iter() {
+        out.extend_from_slice(self.added.token_lines);
+        out.extend_from_slice(self.added.claim_lines);
+        if let Some((name, value)) = self.added.backend_url {
             line(out, name.as_str(), value.as_bytes());
         }
     }
@@ -284,7 +286,7 @@ impl UpstreamHead<'_> {
         if name == header::UPGRADE {
             self.upgrading
         } else if name == header::AUTHORIZATION {
-            self.added.authorization.is_none()
+            !self.added.authorization
         } else {
             !is_hop_by_hop(name)
                 && !is_forwarding(name)
@@ -540,12 +542,15 @@ mod tests {
         assert_eq!(client, ["accept", "authorization", "x-auth-request"]);
         // The session's token replaces the client's Authorization; the
         // identity headers come last, once each.
-        let token = HeaderValue::from_static("Bearer session");
+        use crate::session::{Identity, TokenHeaders};
+        let token = TokenHeaders::new("session").unwrap();
         let group = [(f.claims[0].clone(), HeaderValue::from_static("staff"))];
+        let identity = Identity::new(None, None, group.to_vec());
         let mut head = f.head(&h);
         head.added = Added {
-            authorization: Some(&token),
-            claims: &group,
+            token_lines: token.lines(true, false),
+            authorization: true,
+            claim_lines: &identity.claim_lines,
             ..Added::default()
         };
         let lines = written(&head);
