@@ -109,18 +109,18 @@ impl Line {
     /// its own: each is about 30 ns under this machine's hypervisor and a
     /// proxied request made about seven (benches/README.md, issue 15).
     fn wall_clock(&mut self, at: Instant) -> SystemTime {
-        let (mono, wall) = match self.calibrated {
-            Some((mono, wall)) if at.saturating_duration_since(mono) < CALIBRATION => (mono, wall),
-            _ => {
-                let now = (Instant::now(), SystemTime::now());
-                self.calibrated = Some(now);
-                now
+        // One subtraction of instants a line (each ~40 instructions).
+        if let Some((mono, wall)) = self.calibrated {
+            match at.checked_duration_since(mono) {
+                Some(after) if after < CALIBRATION => return wall + after,
+                Some(_) => {}
+                None => return wall.checked_sub(mono.duration_since(at)).unwrap_or(wall),
             }
-        };
-        match at.checked_duration_since(mono) {
-            Some(after) => wall + after,
-            None => wall.checked_sub(mono.duration_since(at)).unwrap_or(wall),
         }
+        let (mono, wall) = (Instant::now(), SystemTime::now());
+        self.calibrated = Some((mono, wall));
+        wall.checked_sub(mono.saturating_duration_since(at))
+            .unwrap_or(wall)
     }
 
     fn write_pending(&mut self, out: &mut impl Write) {
@@ -239,7 +239,9 @@ fn json_str(t: &mut Vec<u8>, s: &str) {
 
 /// Milliseconds with microsecond precision: `15.900`.
 fn millis(t: &mut Vec<u8>, d: Duration) {
-    let micros = d.as_micros();
+    // In u64 (584 554 years of microseconds): u128 division and printing
+    // are library calls, ~150 instructions a line (benches/README.md).
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     t.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
     t.push(b'.');
     padded(t, (micros % 1000) as u32, 3);
