@@ -98,8 +98,12 @@ http {{
 
 def prepare(*packages):
     """Installs Debian packages whose command is missing (`cmd:package`),
-    builds the release binary, and returns its path."""
+    builds the release binary, and returns its path; or returns the binary
+    named by `BENCH_BINARY`, built otherwise (`scripts/build-pgo`)."""
     subprocess.run([str(ROOT / "scripts/ensure-packages"), *packages], check=True)
+    given = os.environ.get("BENCH_BINARY")
+    if given:
+        return str(Path(given).resolve())
     subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
     return str(ROOT / "target/release/emp-sidecar")
 
