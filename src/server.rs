@@ -636,6 +636,7 @@ async fn serve_io<I>(
     tokio::pin!(watchdog);
     let mut stop = ctx.stop.clone();
     let mut closing = *stop.borrow();
+    let mut watching = true;
     if closing {
         connection.as_mut().graceful_shutdown();
     }
@@ -651,21 +652,27 @@ async fn serve_io<I>(
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            expired = &mut watchdog, if !closing => match expired {
-                activity::Expired::Idle => {
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
+            // Polled while closing too: it times the last request's upstream
+            // (`activity::UpstreamWait`). It resolves at most once.
+            expired = &mut watchdog, if watching => {
+                watching = false;
+                match expired {
+                    _ if closing => {}
+                    activity::Expired::Idle => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    // No request in flight: drop the connection, mid-head.
+                    activity::Expired::Head => {
+                        tracing::debug!("request head not complete within header_read_timeout");
+                        return;
+                    }
+                    // `activity::watchdog` never reports these: TLS and HTTP/2
+                    // connections are not parked, and hyper watches their
+                    // clients itself.
+                    activity::Expired::Quiet | activity::Expired::ClientGone => {}
                 }
-                // No request in flight: drop the connection, mid-head.
-                activity::Expired::Head => {
-                    tracing::debug!("request head not complete within header_read_timeout");
-                    return;
-                }
-                // `activity::watchdog` never reports these: TLS and HTTP/2
-                // connections are not parked, and hyper watches their
-                // clients itself.
-                activity::Expired::Quiet | activity::Expired::ClientGone => {}
-            },
+            }
         }
     }
 }

@@ -68,15 +68,22 @@ async fn hundred_megabytes_stream_both_ways_with_bounded_memory() {
 async fn sigterm_during_slow_response_completes_it_and_exits_zero() {
     let up = upstream::start(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut sc = Process::spawn(&write_config(dir.path(), &Conf::new(&up.url())), &[]);
-    let url = sc.url("/public/slow?ms=1500");
-    let slow = tokio::spawn(async move {
-        let resp = http_client().get(url).send().await.unwrap();
-        (resp.status(), resp.text().await.unwrap())
-    });
-    // Bounded wait until the request is in flight at the sidecar.
-    let in_flight = support::wait_in_flight(&sc.url("/metrics"), 2).await;
-    assert!(in_flight, "slow request never reached the sidecar");
+    let conf = Conf::new(&up.url()).upstream("response_header_timeout = \"3s\"");
+    let mut sc = Process::spawn(&write_config(dir.path(), &conf), &[]);
+    let get = |path: &str| {
+        let url = sc.url(path);
+        tokio::spawn(async move {
+            let resp = http_client().get(url).send().await.unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        })
+    };
+    let slow = get("/public/slow?ms=1500");
+    // An upstream that would answer after the drain limit (30 s): the
+    // response-head timeout still holds while draining.
+    let hung = get("/public/slow?ms=60000");
+    // Bounded wait until both requests are in flight at the sidecar.
+    let in_flight = support::wait_in_flight(&sc.url("/metrics"), 3).await;
+    assert!(in_flight, "slow requests never reached the sidecar");
 
     sc.signal("TERM");
     // New connections are refused once the listener is closed (bounded poll).
@@ -96,6 +103,11 @@ async fn sigterm_during_slow_response_completes_it_and_exits_zero() {
         .unwrap();
     assert_eq!(status, 200);
     assert_eq!(body, "slow done");
+    let (status, _) = tokio::time::timeout(Duration::from_secs(20), hung)
+        .await
+        .expect("the hung upstream's request was cut at the response-head timeout")
+        .unwrap();
+    assert_eq!(status, 504);
     let code = tokio::task::spawn_blocking(move || sc.wait_exit(Duration::from_secs(20)))
         .await
         .unwrap();

@@ -176,7 +176,16 @@ pub(super) async fn serve_h1(
         }
         let parts = loop {
             if closing {
-                if let Err(e) = (&mut *connection).await {
+                // The watchdog still times the last request's upstream
+                // (`activity::UpstreamWait`); its other events wait no more.
+                let watch = async {
+                    loop {
+                        watchdog.next().await;
+                    }
+                };
+                if let Either::Main(Err(e)) =
+                    race(Pin::new(&mut *connection), watch, &side_waker).await
+                {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
